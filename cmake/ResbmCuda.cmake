@@ -1,0 +1,20 @@
+# The CUDA backend: nvcc for Hopper by default, the CUDA runtime, cuBLASLt and NCCL.
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+  set(CMAKE_CUDA_ARCHITECTURES 90a)
+endif()
+if(NOT CMAKE_CUDA_COMPILER)
+  set(CMAKE_CUDA_COMPILER ${RESBM_NVCC})
+endif()
+enable_language(CUDA)
+set(CMAKE_CUDA_STANDARD 20)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+find_package(CUDAToolkit REQUIRED)
+find_path(RESBM_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} REQUIRED)
+find_library(RESBM_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib REQUIRED)
+
+add_library(resbm_cuda INTERFACE)
+add_library(resbm::cuda ALIAS resbm_cuda)
+target_link_libraries(resbm_cuda INTERFACE resbm CUDA::cudart CUDA::cublasLt ${RESBM_NCCL_LIBRARY})
+target_include_directories(resbm_cuda INTERFACE ${RESBM_NCCL_INCLUDE_DIR})
+target_compile_options(resbm_cuda INTERFACE
+  $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-fopenmp>)

@@ -1,0 +1,55 @@
+#pragma once
+// The one CPU GEMM: OpenBLAS, row-major. float -> sgemm, double -> dgemm (the gradient
+// checks run the whole model in double). Linear layers store weight[out, in], as PyTorch.
+#include <cblas.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "resbm/core/context.hpp"
+#include "resbm/core/tensor.hpp"
+
+namespace resbm::ops {
+
+// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major.
+template <class T>
+void gemm(const Context&, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+          const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "gemm is float or double");
+  if (M == 0 || N == 0) return;
+  const auto ta = trans_a ? CblasTrans : CblasNoTrans;
+  const auto tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B,
+                blasint(ldb), beta, C, blasint(ldc));
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B,
+                blasint(ldb), beta, C, blasint(ldc));
+}
+
+// out[N,OC] = inp[N,C] · weight[OC,C]ᵀ
+template <class T>
+void matmul_forward(const Context& ctx, Tensor<T> out, Tensor<const T> inp, Tensor<const T> weight) {
+  const int64_t N = inp.size(0), C = inp.size(1), OC = weight.size(0);
+  expect_shape(inp, {N, C}, "matmul input");
+  expect_shape(weight, {OC, C}, "matmul weight");
+  expect_shape(out, {N, OC}, "matmul output");
+  gemm<T>(ctx, false, true, N, OC, C, T(1), inp.data, C, weight.data, C, T(0), out.data, OC);
+}
+
+// dinp[N,C] += dout · weight ; dweight[OC,C] += doutᵀ · inp. An empty dinp (no data) skips it.
+template <class T>
+void matmul_backward(const Context& ctx, Tensor<T> dinp, Tensor<T> dweight, Tensor<const T> dout,
+                     Tensor<const T> inp, Tensor<const T> weight) {
+  const int64_t N = inp.size(0), C = inp.size(1), OC = weight.size(0);
+  expect_shape(dout, {N, OC}, "matmul output gradient");
+  expect_shape(dweight, {OC, C}, "matmul weight gradient");
+  expect_shape(weight, {OC, C}, "matmul weight");
+  if (dinp.data) {
+    expect_shape(dinp, {N, C}, "matmul input gradient");
+    gemm<T>(ctx, false, false, N, C, OC, T(1), dout.data, OC, weight.data, C, T(1), dinp.data, C);
+  }
+  gemm<T>(ctx, true, false, OC, C, N, T(1), dout.data, OC, inp.data, C, T(1), dweight.data, C);
+}
+
+}  // namespace resbm::ops
