@@ -21,7 +21,7 @@ struct Context {
   void set_threads(int n) {
     RESBM_CHECK(n >= 0, cat("thread count ", n, " is negative"), "pass --threads 0 (all) or more");
     threads = n > 0 ? n : int(std::thread::hardware_concurrency() ? std::thread::hardware_concurrency() : 1);
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(1);  // ops::gemm splits the work itself, deterministically
   }
 };
 

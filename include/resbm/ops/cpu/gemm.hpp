@@ -3,6 +3,7 @@
 // checks run the whole model in double). Linear layers store weight[out, in], as PyTorch.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -12,19 +13,29 @@
 namespace resbm::ops {
 
 // C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major.
+// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major.
+// Rows of C are cut into blocks whose size depends on M alone, and each block is one
+// single-threaded BLAS call: OpenBLAS's own threading changes the last bits of results with
+// the thread count, this split does not.
 template <class T>
-void gemm(const Context&, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+void gemm(const Context& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
           const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "gemm is float or double");
   if (M == 0 || N == 0) return;
   const auto ta = trans_a ? CblasTrans : CblasNoTrans;
   const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B,
-                blasint(ldb), beta, C, blasint(ldc));
-  else
-    cblas_dgemm(CblasRowMajor, ta, tb, blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B,
-                blasint(ldb), beta, C, blasint(ldc));
+  const int64_t rows = std::max<int64_t>(32, (M / 8 + 15) / 16 * 16);
+  const int64_t blocks = (M + rows - 1) / rows;
+  parallel_for(ctx, blocks, [&](int64_t blk) {
+    const int64_t m0 = blk * rows, m = std::min(rows, M - m0);
+    const T* a = trans_a ? A + m0 : A + m0 * lda;  // op(A) rows m0.. are columns of A when transposed
+    if constexpr (std::is_same_v<T, float>)
+      cblas_sgemm(CblasRowMajor, ta, tb, blasint(m), blasint(N), blasint(K), alpha, a, blasint(lda), B,
+                  blasint(ldb), beta, C + m0 * ldc, blasint(ldc));
+    else
+      cblas_dgemm(CblasRowMajor, ta, tb, blasint(m), blasint(N), blasint(K), alpha, a, blasint(lda), B,
+                  blasint(ldb), beta, C + m0 * ldc, blasint(ldc));
+  });
 }
 
 // out[N,OC] = inp[N,C] · weight[OC,C]ᵀ
