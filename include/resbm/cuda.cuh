@@ -1,0 +1,14 @@
+#pragma once
+// The umbrella header of the CUDA backend (include it from .cu files): the context, device
+// buffers and every CUDA op. See docs/cuda.md.
+#include "resbm/ops/cuda/adamw.cuh"
+#include "resbm/ops/cuda/attention.cuh"
+#include "resbm/ops/cuda/cast.cuh"
+#include "resbm/ops/cuda/common.cuh"
+#include "resbm/ops/cuda/context.cuh"
+#include "resbm/ops/cuda/cross_entropy.cuh"
+#include "resbm/ops/cuda/embedding.cuh"
+#include "resbm/ops/cuda/matmul.cuh"
+#include "resbm/ops/cuda/rmsnorm.cuh"
+#include "resbm/ops/cuda/rope.cuh"
+#include "resbm/ops/cuda/swiglu.cuh"

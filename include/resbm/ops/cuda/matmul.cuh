@@ -1,0 +1,128 @@
+#pragma once
+// The one CUDA GEMM: cuBLASLt, bf16 operands, fp32 accumulation (CUBLAS_COMPUTE_32F), bf16
+// or fp32 output, row-major semantics matching ops::gemm / matmul_forward / matmul_backward
+// of the CPU (resbm/ops/cpu/gemm.hpp):
+//   matmul_forward:  out[N,OC] = inp[N,C] · weight[OC,C]ᵀ          (out bf16 or fp32)
+//   matmul_backward: dinp[N,C] += dout · weight                    (bf16; `accumulate` =
+//                    false writes instead, beta = 0)
+//                    dweight[OC,C] += doutᵀ · inp                  (fp32, beta = 1, always)
+// Descriptors, layouts and the heuristic's algorithm are cached in the context per (shape,
+// transposes, leading dimensions, dtypes, pointer alignments); the workspace is the
+// context's. Epilogues (bias, GELU, dbias) are not used yet.
+#include <cstdint>
+#include <type_traits>
+
+#include "resbm/ops/cuda/context.cuh"
+
+namespace resbm::ops {
+
+namespace cuda_detail_matmul {
+
+template <class T>
+constexpr cudaDataType_t lt_type() {
+  if constexpr (std::is_same_v<std::remove_const_t<T>, bf16>) return CUDA_R_16BF;
+  else {
+    static_assert(std::is_same_v<std::remove_const_t<T>, float>, "matmul operands are bf16 or float");
+    return CUDA_R_32F;
+  }
+}
+
+inline int alignment_of(const void* p) {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  int al = 256;
+  while (al > 1 && (a % uintptr_t(al)) != 0) al /= 2;
+  return al;
+}
+
+}  // namespace cuda_detail_matmul
+
+// C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, all row-major (as the CPU gemm).
+// A and B are bf16; C is bf16 or float. Accumulation in fp32.
+template <class TC>
+void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta, TC* C, int64_t ldc) {
+  using namespace cuda_detail_matmul;
+  if (M == 0 || N == 0) return;
+  // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep
+  // the transpose flags; a row-major [r, c] matrix with leading dim ld is a column-major
+  // [c, r] one with the same ld.
+  const cublasOperation_t opa = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // first operand: B
+  const cublasOperation_t opb = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // second operand: A
+  const int64_t m = N, n = M, k = K;
+  const cudaDataType_t ct = lt_type<TC>();
+  const int al_a = alignment_of(B), al_b = alignment_of(A), al_c = alignment_of(C);
+  const LtKey key{int(opa), int(opb), m, n, k, ldb, lda, ldc, int(ct), al_a, al_b, al_c, 0, 0};
+  auto it = ctx.plans.find(key);
+  if (it == ctx.plans.end()) {
+    LtPlan p;
+    RESBM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    RESBM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    RESBM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    // Column-major shapes as stored: first operand is m×k (or k×m transposed), etc.
+    RESBM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, opa == CUBLAS_OP_N ? m : k,
+                                                  opa == CUBLAS_OP_N ? k : m, ldb));
+    RESBM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, opb == CUBLAS_OP_N ? k : n,
+                                                  opb == CUBLAS_OP_N ? n : k, lda));
+    RESBM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, ct, m, n, ldc));
+    cublasLtMatmulPreference_t pref;
+    RESBM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = ctx.workspace.size();
+    uint32_t aa = uint32_t(al_a), ab = uint32_t(al_b), ac = uint32_t(al_c);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa, sizeof aa);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof ab);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac);
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.c);
+      cublasLtMatmulDescDestroy(p.desc);
+      fail(cat("cuBLASLt found no algorithm for a ", M, "x", N, "x", K, " bf16 matmul (trans_a ", trans_a,
+               ", trans_b ", trans_b, ", lda ", lda, ", ldb ", ldb, ", ldc ", ldc, ")"),
+           "use leading dimensions that are multiples of 8 and 16-byte aligned pointers");
+    }
+    p.algo = res.algo;
+    p.workspace = res.workspaceSize;
+    it = ctx.plans.emplace(key, p).first;
+  }
+  const LtPlan& p = it->second;
+  RESBM_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
+                                    ctx.workspace.data(), ctx.workspace.size(), ctx.stream));
+}
+
+// out[N,OC] = inp[N,C] · weight[OC,C]ᵀ; out is bf16 or float.
+template <class TOut>
+void matmul_forward(CudaContext& ctx, CudaTensor<TOut> out, CudaTensor<const bf16> inp,
+                    CudaTensor<const bf16> weight) {
+  const int64_t N = inp.size(0), C = inp.size(1), OC = weight.size(0);
+  expect_shape(inp, {N, C}, "matmul input");
+  expect_shape(weight, {OC, C}, "matmul weight");
+  expect_shape(out, {N, OC}, "matmul output");
+  gemm<TOut>(ctx, false, true, N, OC, C, 1.0f, inp.data, C, weight.data, C, 0.0f, out.data, OC);
+}
+
+// dinp[N,C] += dout · weight (bf16; written instead when accumulate is false; an empty dinp
+// skips it); dweight[OC,C] += doutᵀ · inp (fp32, always accumulated).
+inline void matmul_backward(CudaContext& ctx, CudaTensor<bf16> dinp, CudaTensor<float> dweight,
+                            CudaTensor<const bf16> dout, CudaTensor<const bf16> inp,
+                            CudaTensor<const bf16> weight, bool accumulate = true) {
+  const int64_t N = inp.size(0), C = inp.size(1), OC = weight.size(0);
+  expect_shape(dout, {N, OC}, "matmul output gradient");
+  expect_shape(dweight, {OC, C}, "matmul weight gradient");
+  expect_shape(weight, {OC, C}, "matmul weight");
+  expect_shape(inp, {N, C}, "matmul input");
+  if (dinp.data) {
+    expect_shape(dinp, {N, C}, "matmul input gradient");
+    gemm<bf16>(ctx, false, false, N, C, OC, 1.0f, dout.data, OC, weight.data, C, accumulate ? 1.0f : 0.0f,
+               dinp.data, C);
+  }
+  gemm<float>(ctx, true, false, OC, C, N, 1.0f, dout.data, OC, inp.data, C, 1.0f, dweight.data, C);
+}
+
+}  // namespace resbm::ops

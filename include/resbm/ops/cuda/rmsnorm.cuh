@@ -1,0 +1,116 @@
+#pragma once
+// RMSNorm on the GPU: bf16 input, weight and output, fp32 statistics.
+//   forward:  out = inp · rstd · weight, rstd[N] (fp32) = 1/sqrt(mean(inp²) + eps)
+//   backward: dinp += rstd · (g − inp · rstd² · mean(g · inp)), g = dout · weight
+//             (bf16, ACCUMULATED as in the CPU contract: dinp is the residual stream's
+//             gradient), and dweight[C] += Σ_n dout · inp · rstd (fp32).
+// One warp per row. dweight is reduced deterministically: fixed chunks of rows write
+// partial column sums into the context's scratch, a second kernel adds them in order.
+#include "resbm/ops/cuda/common.cuh"
+
+namespace resbm::ops {
+
+namespace cuda_detail_rmsnorm {
+constexpr int kWarps = 8;       // rows per block
+constexpr int kChunkRows = 64;  // rows per dweight partial
+
+__global__ void fwd(bf16* __restrict__ out, float* __restrict__ rstd, const bf16* __restrict__ inp,
+                    const bf16* __restrict__ weight, int64_t N, int C, float eps) {
+  using namespace resbm::cuda_detail;
+  const int lane = threadIdx.x % 32;
+  const int64_t n = blockIdx.x * int64_t(kWarps) + threadIdx.x / 32;
+  if (n >= N) return;  // whole warps leave together
+  const bf16* x = inp + n * C;
+  float ss = 0;
+  for (int c = lane; c < C; c += 32) {
+    const float v = ldf(x + c);
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  const float r = rsqrtf(ss / float(C) + eps);
+  if (lane == 0) rstd[n] = r;
+  bf16* y = out + n * C;
+  for (int c = lane; c < C; c += 32) stf(y + c, ldf(x + c) * r * ldf(weight + c));
+}
+
+__global__ void bwd_inp(bf16* __restrict__ dinp, const bf16* __restrict__ dout, const bf16* __restrict__ inp,
+                        const bf16* __restrict__ weight, const float* __restrict__ rstd, int64_t N, int C) {
+  using namespace resbm::cuda_detail;
+  const int lane = threadIdx.x % 32;
+  const int64_t n = blockIdx.x * int64_t(kWarps) + threadIdx.x / 32;
+  if (n >= N) return;
+  const bf16* x = inp + n * C;
+  const bf16* dy = dout + n * C;
+  float dot = 0;
+  for (int c = lane; c < C; c += 32) dot += ldf(dy + c) * ldf(weight + c) * ldf(x + c);
+  dot = warp_sum(dot);
+  const float r = rstd[n];
+  const float k = r * r * dot / float(C);
+  bf16* dx = dinp + n * C;
+  for (int c = lane; c < C; c += 32) {
+    const float g = ldf(dy + c) * ldf(weight + c);
+    stf(dx + c, ldf(dx + c) + r * (g - ldf(x + c) * k));
+  }
+}
+
+// partial[chunk, c] = Σ_{n in chunk} dout[n,c] · inp[n,c] · rstd[n]
+__global__ void bwd_weight_partial(float* __restrict__ partial, const bf16* __restrict__ dout,
+                                   const bf16* __restrict__ inp, const float* __restrict__ rstd, int64_t N, int C) {
+  using namespace resbm::cuda_detail;
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int64_t n0 = int64_t(blockIdx.y) * kChunkRows;
+  const int64_t n1 = n0 + kChunkRows < N ? n0 + kChunkRows : N;
+  float s = 0;
+  for (int64_t n = n0; n < n1; ++n) s += ldf(dout + n * C + c) * ldf(inp + n * C + c) * rstd[n];
+  partial[int64_t(blockIdx.y) * C + c] = s;
+}
+
+__global__ void bwd_weight_reduce(float* __restrict__ dweight, const float* __restrict__ partial, int chunks, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0;
+  for (int k = 0; k < chunks; ++k) s += partial[int64_t(k) * C + c];
+  dweight[c] += s;
+}
+}  // namespace cuda_detail_rmsnorm
+
+inline void rmsnorm_forward(CudaContext& ctx, CudaTensor<bf16> out, CudaTensor<float> rstd,
+                            CudaTensor<const bf16> inp, CudaTensor<const bf16> weight, float eps) {
+  using namespace cuda_detail_rmsnorm;
+  const int64_t N = inp.size(0), C = inp.size(1);
+  expect_shape(inp, {N, C}, "rmsnorm input");
+  expect_shape(weight, {C}, "rmsnorm weight");
+  expect_shape(out, {N, C}, "rmsnorm output");
+  expect_shape(rstd, {N}, "rmsnorm rstd");
+  if (N == 0) return;
+  fwd<<<unsigned((N + kWarps - 1) / kWarps), kWarps * 32, 0, ctx.stream>>>(out.data, rstd.data, inp.data,
+                                                                          weight.data, N, int(C), eps);
+  RESBM_CUDA_LAUNCH_CHECK();
+}
+
+inline void rmsnorm_backward(CudaContext& ctx, CudaTensor<bf16> dinp, CudaTensor<float> dweight,
+                             CudaTensor<const bf16> dout, CudaTensor<const bf16> inp, CudaTensor<const bf16> weight,
+                             CudaTensor<const float> rstd) {
+  using namespace cuda_detail_rmsnorm;
+  const int64_t N = inp.size(0), C = inp.size(1);
+  expect_shape(inp, {N, C}, "rmsnorm input");
+  expect_shape(weight, {C}, "rmsnorm weight");
+  expect_shape(dout, {N, C}, "rmsnorm output gradient");
+  expect_shape(dinp, {N, C}, "rmsnorm input gradient");
+  expect_shape(dweight, {C}, "rmsnorm weight gradient");
+  expect_shape(rstd, {N}, "rmsnorm rstd");
+  if (N == 0 || C == 0) return;
+  bwd_inp<<<unsigned((N + kWarps - 1) / kWarps), kWarps * 32, 0, ctx.stream>>>(dinp.data, dout.data, inp.data,
+                                                                              weight.data, rstd.data, N, int(C));
+  RESBM_CUDA_LAUNCH_CHECK();
+  const int chunks = int((N + kChunkRows - 1) / kChunkRows);
+  auto* partial = static_cast<float*>(ctx.scratch(size_t(chunks) * size_t(C) * sizeof(float)));
+  bwd_weight_partial<<<dim3(unsigned((C + 127) / 128), unsigned(chunks)), 128, 0, ctx.stream>>>(
+      partial, dout.data, inp.data, rstd.data, N, int(C));
+  RESBM_CUDA_LAUNCH_CHECK();
+  bwd_weight_reduce<<<unsigned((C + 127) / 128), 128, 0, ctx.stream>>>(dweight.data, partial, chunks, int(C));
+  RESBM_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace resbm::ops

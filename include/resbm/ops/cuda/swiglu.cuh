@@ -1,0 +1,58 @@
+#pragma once
+// SwiGLU on bf16 activations, fp32 arithmetic: out = silu(gate) · up.
+// Backward WRITES (=) dgate and dup (bf16), unlike the CPU op's +=: they are scratch
+// gradients that only the up-projection's matmul_backward reads, so nothing needs to add
+// into them, and a bf16 read-add-write would cost a pass and a rounding.
+#include "resbm/ops/cuda/common.cuh"
+
+namespace resbm::ops {
+
+namespace cuda_detail_swiglu {
+__global__ void fwd(bf16* __restrict__ out, const bf16* __restrict__ gate, const bf16* __restrict__ up,
+                    int64_t n) {
+  using namespace resbm::cuda_detail;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = ldf(gate + i), u = ldf(up + i);
+    stf(out + i, g / (1.0f + expf(-g)) * u);
+  }
+}
+__global__ void bwd(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout,
+                    const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n) {
+  using namespace resbm::cuda_detail;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = ldf(gate + i), u = ldf(up + i), dy = ldf(dout + i);
+    const float s = 1.0f / (1.0f + expf(-g));
+    stf(dgate + i, dy * u * s * (1.0f + g * (1.0f - s)));
+    stf(dup + i, dy * g * s);
+  }
+}
+}  // namespace cuda_detail_swiglu
+
+inline void swiglu_forward(CudaContext& ctx, CudaTensor<bf16> out, CudaTensor<const bf16> gate,
+                           CudaTensor<const bf16> up) {
+  const int64_t N = gate.size(0), F = gate.size(1);
+  expect_shape(gate, {N, F}, "swiglu gate");
+  expect_shape(up, {N, F}, "swiglu up");
+  expect_shape(out, {N, F}, "swiglu output");
+  if (N * F == 0) return;
+  cuda_detail_swiglu::fwd<<<cuda_detail::grid_for(N * F, 256), 256, 0, ctx.stream>>>(out.data, gate.data,
+                                                                                     up.data, N * F);
+  RESBM_CUDA_LAUNCH_CHECK();
+}
+
+// dgate = dout · up · s · (1 + g · (1 − s)),  dup = dout · g · s   (written, not added)
+inline void swiglu_backward(CudaContext& ctx, CudaTensor<bf16> dgate, CudaTensor<bf16> dup,
+                            CudaTensor<const bf16> dout, CudaTensor<const bf16> gate, CudaTensor<const bf16> up) {
+  const int64_t N = gate.size(0), F = gate.size(1);
+  expect_shape(gate, {N, F}, "swiglu gate");
+  expect_shape(up, {N, F}, "swiglu up");
+  expect_shape(dout, {N, F}, "swiglu output gradient");
+  expect_shape(dgate, {N, F}, "swiglu gate gradient");
+  expect_shape(dup, {N, F}, "swiglu up gradient");
+  if (N * F == 0) return;
+  cuda_detail_swiglu::bwd<<<cuda_detail::grid_for(N * F, 256), 256, 0, ctx.stream>>>(
+      dgate.data, dup.data, dout.data, gate.data, up.data, N * F);
+  RESBM_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace resbm::ops

@@ -1,0 +1,417 @@
+// Every CUDA op against the CPU op (float, on the host) on fresh Philox inputs. Outputs are
+// poisoned with NaN (0xff bytes) before each run, so an unwritten element fails the check;
+// errors are ‖out − ref‖ / ‖ref‖ over the whole output. References take the same
+// bf16-rounded inputs as the kernels, so the bounds measure the kernels' own rounding:
+// bf16 outputs ~1e-2, fp32 outputs ~1e-5.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "resbm/core/arena.hpp"
+#include "resbm/core/rng.hpp"
+#include "resbm/cuda.cuh"
+#include "resbm/ops/cpu/ops.hpp"
+#include "resbm/optim/adamw.hpp"
+#include "support/catch.hpp"
+
+using namespace resbm;
+
+namespace {
+
+// No GPU (CI): leave before Catch2 starts, with the code ctest reports as skipped.
+struct GpuGate {
+  GpuGate() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+      std::printf("no CUDA device: skipped\n");
+      std::fflush(stdout);
+      std::_Exit(77);
+    }
+  }
+} gpu_gate;
+
+CudaContext& ctx() {
+  static CudaContext c(0);
+  return c;
+}
+Context& host() {
+  static Context c(0);
+  return c;
+}
+
+uint64_t next_stream() {
+  static uint64_t s = 1000;
+  return s++;
+}
+
+// Fresh normal(0, scale) values, rounded to bf16 so host and device see the same inputs.
+std::vector<float> randn(size_t n, float scale = 1.0f) {
+  const uint64_t s = next_stream();
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = round_bf16(scale * Philox::normal(0x5eed, s, i));
+  return v;
+}
+std::vector<int32_t> rand_ids(size_t n, int32_t V) {
+  const uint64_t s = next_stream();
+  std::vector<int32_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = int32_t(Philox::bits64(0x5eed, s, i) % uint64_t(V));
+  return v;
+}
+
+std::vector<bf16> to_bf16(const std::vector<float>& f) {
+  std::vector<bf16> b(f.size());
+  for (size_t i = 0; i < f.size(); ++i) b[i] = bf16::from_float(f[i]);
+  return b;
+}
+std::vector<float> to_float(const std::vector<bf16>& b) {
+  std::vector<float> f(b.size());
+  for (size_t i = 0; i < b.size(); ++i) f[i] = b[i].to_float();
+  return f;
+}
+
+template <class T>
+DeviceBuffer<T> upload(const std::vector<T>& h) {
+  DeviceBuffer<T> d(h.size());
+  d.from_host(h.data(), h.size());
+  return d;
+}
+DeviceBuffer<bf16> upload_bf16(const std::vector<float>& h) { return upload(to_bf16(h)); }
+template <class T>
+DeviceBuffer<T> poisoned(size_t n) {
+  DeviceBuffer<T> d(n);
+  d.fill_bytes(0xff);  // NaN as float and as bf16
+  return d;
+}
+std::vector<float> download(const DeviceBuffer<bf16>& d) {
+  ctx().synchronize();
+  return to_float(d.to_host());
+}
+std::vector<float> download(const DeviceBuffer<float>& d) {
+  ctx().synchronize();
+  return d.to_host();
+}
+
+// ‖a − b‖ / ‖b‖ in double; infinite when a holds a NaN or an infinity.
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+#define CHECK_REL(out, ref, bound)                                                          \
+  do {                                                                                      \
+    const double e_ = rel_err(out, ref);                                                    \
+    std::printf("  %-46s rel err %.3e (bound %.0e)\n", #out, e_, double(bound));             \
+    CHECK(e_ < (bound));                                                                    \
+  } while (0)
+
+constexpr double kBf16 = 1e-2;  // outputs rounded to bf16 (unit roundoff 2^-9 ≈ 2e-3)
+constexpr double kF32 = 1e-5;   // fp32 outputs from bf16 inputs
+
+}  // namespace
+
+TEST_CASE("cuda matmul forward and backward match the CPU GEMM") {
+  struct S {
+    int64_t N, C, OC;
+  };
+  for (S s : {S{64, 64, 64}, S{257, 96, 200}, S{37, 72, 48}, S{512, 768, 384}}) {
+    std::printf("matmul N=%ld C=%ld OC=%ld\n", long(s.N), long(s.C), long(s.OC));
+    auto inp = randn(size_t(s.N * s.C)), w = randn(size_t(s.OC * s.C), 0.05f);
+    auto dout = randn(size_t(s.N * s.OC)), dinp0 = randn(size_t(s.N * s.C)), dw0 = randn(size_t(s.OC * s.C));
+    auto d_inp = upload_bf16(inp), d_w = upload_bf16(w), d_dout = upload_bf16(dout);
+
+    std::vector<float> ref(size_t(s.N * s.OC));
+    ops::matmul_forward<float>(host(), Tensor<float>(ref.data(), {s.N, s.OC}), Tensor<const float>(inp.data(), {s.N, s.C}),
+                               Tensor<const float>(w.data(), {s.OC, s.C}));
+    auto out16 = poisoned<bf16>(ref.size());
+    auto out32 = poisoned<float>(ref.size());
+    ops::matmul_forward<bf16>(ctx(), out16.view({s.N, s.OC}), d_inp.view({s.N, s.C}), d_w.view({s.OC, s.C}));
+    ops::matmul_forward<float>(ctx(), out32.view({s.N, s.OC}), d_inp.view({s.N, s.C}), d_w.view({s.OC, s.C}));
+    CHECK_REL(download(out16), ref, kBf16);
+    CHECK_REL(download(out32), ref, kF32);
+
+    // Backward accumulates into both gradients (dinp in bf16, dweight in fp32).
+    std::vector<float> rdinp = dinp0, rdw = dw0;
+    ops::matmul_backward<float>(host(), Tensor<float>(rdinp.data(), {s.N, s.C}), Tensor<float>(rdw.data(), {s.OC, s.C}),
+                                Tensor<const float>(dout.data(), {s.N, s.OC}), Tensor<const float>(inp.data(), {s.N, s.C}),
+                                Tensor<const float>(w.data(), {s.OC, s.C}));
+    auto d_dinp = upload_bf16(dinp0);
+    auto d_dw = upload(dw0);
+    ops::matmul_backward(ctx(), d_dinp.view({s.N, s.C}), d_dw.view({s.OC, s.C}), d_dout.view({s.N, s.OC}),
+                         d_inp.view({s.N, s.C}), d_w.view({s.OC, s.C}));
+    CHECK_REL(download(d_dinp), rdinp, kBf16);
+    CHECK_REL(download(d_dw), rdw, kF32);
+
+    // accumulate = false writes dinp; an empty dinp only does dweight.
+    std::vector<float> rdinp2(size_t(s.N * s.C), 0.0f), rdw2 = dw0;
+    ops::matmul_backward<float>(host(), Tensor<float>(rdinp2.data(), {s.N, s.C}), Tensor<float>(rdw2.data(), {s.OC, s.C}),
+                                Tensor<const float>(dout.data(), {s.N, s.OC}), Tensor<const float>(inp.data(), {s.N, s.C}),
+                                Tensor<const float>(w.data(), {s.OC, s.C}));
+    auto d_dinp2 = poisoned<bf16>(size_t(s.N * s.C));
+    auto d_dw2 = upload(dw0);
+    ops::matmul_backward(ctx(), d_dinp2.view({s.N, s.C}), d_dw2.view({s.OC, s.C}), d_dout.view({s.N, s.OC}),
+                         d_inp.view({s.N, s.C}), d_w.view({s.OC, s.C}), /*accumulate=*/false);
+    CHECK_REL(download(d_dinp2), rdinp2, kBf16);
+    CHECK_REL(download(d_dw2), rdw2, kF32);
+  }
+  CHECK(ctx().plans.size() > 0);
+}
+
+TEST_CASE("cuda matmul with leading dimensions that are not multiples of 8") {
+  const int64_t N = 33, C = 50, OC = 30;
+  auto inp = randn(size_t(N * C)), w = randn(size_t(OC * C), 0.1f);
+  std::vector<float> ref(size_t(N * OC));
+  ops::matmul_forward<float>(host(), Tensor<float>(ref.data(), {N, OC}), Tensor<const float>(inp.data(), {N, C}),
+                             Tensor<const float>(w.data(), {OC, C}));
+  auto d_inp = upload_bf16(inp), d_w = upload_bf16(w);
+  auto out = poisoned<bf16>(ref.size());
+  ops::matmul_forward<bf16>(ctx(), out.view({N, OC}), d_inp.view({N, C}), d_w.view({OC, C}));
+  CHECK_REL(download(out), ref, kBf16);
+}
+
+TEST_CASE("cuda cast bf16 <-> fp32 is exact round-to-nearest-even") {
+  const size_t n = 100003;
+  std::vector<float> f(n);
+  const uint64_t s = next_stream();
+  for (size_t i = 0; i < n; ++i) f[i] = 10.0f * Philox::normal(1, s, i);  // not bf16-rounded
+  auto d_f = upload(f);
+  auto d_b = poisoned<bf16>(n);
+  ops::cast_to_bf16(ctx(), d_b.view({int64_t(n)}), d_f.view({int64_t(n)}));
+  ctx().synchronize();
+  auto hb = d_b.to_host();
+  size_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += hb[i].bits != bf16::from_float(f[i]).bits;
+  CHECK(bad == 0);
+  auto d_back = poisoned<float>(n);
+  ops::cast_to_float(ctx(), d_back.view({int64_t(n)}), d_b.view({int64_t(n)}));
+  auto back = download(d_back);
+  bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += back[i] != hb[i].to_float();
+  CHECK(bad == 0);
+}
+
+TEST_CASE("cuda embedding forward and backward match the CPU op") {
+  for (auto [N, V, C] : {std::tuple<int64_t, int64_t, int64_t>{1000, 300, 96}, {77, 256, 768}}) {
+    std::printf("embedding N=%ld V=%ld C=%ld\n", long(N), long(V), long(C));
+    auto table = randn(size_t(V * C)), dout = randn(size_t(N * C)), dt0 = randn(size_t(V * C));
+    auto tok = rand_ids(size_t(N), int32_t(V));
+    std::vector<float> ref(size_t(N * C)), rdt = dt0;
+    ops::embedding_forward<float>(host(), Tensor<float>(ref.data(), {N, C}), Tensor<const int32_t>(tok.data(), {N}),
+                                  Tensor<const float>(table.data(), {V, C}));
+    ops::embedding_backward<float>(host(), Tensor<float>(rdt.data(), {V, C}), Tensor<const int32_t>(tok.data(), {N}),
+                                   Tensor<const float>(dout.data(), {N, C}));
+    auto d_table = upload_bf16(table), d_dout = upload_bf16(dout);
+    auto d_tok = upload(tok);
+    auto d_dt = upload(dt0);
+    auto out = poisoned<bf16>(size_t(N * C));
+    ops::embedding_forward(ctx(), out.view({N, C}), d_tok.view({N}), d_table.view({V, C}));
+    ops::embedding_backward(ctx(), d_dt.view({V, C}), d_tok.view({N}), d_dout.view({N, C}));
+    CHECK(rel_err(download(out), ref) == 0.0);  // a gather is exact
+    CHECK_REL(download(d_dt), rdt, kF32);
+  }
+}
+
+TEST_CASE("cuda rmsnorm forward and backward match the CPU op") {
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{333, 768}, {64, 100}, {5, 2048}}) {
+    std::printf("rmsnorm N=%ld C=%ld\n", long(N), long(C));
+    auto x = randn(size_t(N * C), 2.0f), w = randn(size_t(C)), dout = randn(size_t(N * C));
+    auto dinp0 = randn(size_t(N * C)), dw0 = randn(size_t(C));
+    for (auto& v : w) v = round_bf16(1.0f + 0.1f * v);
+    const float eps = 1e-5f;
+    std::vector<float> ref(size_t(N * C)), rstd(static_cast<size_t>(N)), rdinp = dinp0, rdw = dw0;
+    ops::rmsnorm_forward<float>(host(), Tensor<float>(ref.data(), {N, C}), Tensor<float>(rstd.data(), {N}),
+                                Tensor<const float>(x.data(), {N, C}), Tensor<const float>(w.data(), {C}), eps);
+    ops::rmsnorm_backward<float>(host(), Tensor<float>(rdinp.data(), {N, C}), Tensor<float>(rdw.data(), {C}),
+                                 Tensor<const float>(dout.data(), {N, C}), Tensor<const float>(x.data(), {N, C}),
+                                 Tensor<const float>(w.data(), {C}), Tensor<const float>(rstd.data(), {N}));
+    auto d_x = upload_bf16(x), d_w = upload_bf16(w), d_dout = upload_bf16(dout), d_dinp = upload_bf16(dinp0);
+    auto d_dw = upload(dw0);
+    auto out = poisoned<bf16>(size_t(N * C));
+    auto d_rstd = poisoned<float>(size_t(N));
+    ops::rmsnorm_forward(ctx(), out.view({N, C}), d_rstd.view({N}), d_x.view({N, C}), d_w.view({C}), eps);
+    ops::rmsnorm_backward(ctx(), d_dinp.view({N, C}), d_dw.view({C}), d_dout.view({N, C}), d_x.view({N, C}),
+                          d_w.view({C}), d_rstd.view({N}));
+    CHECK_REL(download(out), ref, kBf16);
+    CHECK_REL(download(d_rstd), rstd, kF32);
+    CHECK_REL(download(d_dinp), rdinp, kBf16);
+    CHECK_REL(download(d_dw), rdw, 1e-4);
+  }
+}
+
+TEST_CASE("cuda rope forward and backward match the CPU op") {
+  const int64_t B = 2, T = 77, H = 3, hd = 64;
+  ops::RopeTable<float> table(128, hd);
+  ops::CudaRopeTable dtable(table);
+  auto x = randn(size_t(B * T * H * hd));
+  std::vector<float> ref = x, back(x.size());
+  ops::rope_forward<float>(host(), Tensor<float>(ref.data(), {B, T, H, hd}), table);
+  auto d_x = upload_bf16(x);
+  ops::rope_forward(ctx(), d_x.view({B, T, H, hd}), dtable);
+  CHECK_REL(download(d_x), ref, kBf16);
+  std::vector<float> rback = ref;
+  ops::rope_backward<float>(host(), Tensor<float>(rback.data(), {B, T, H, hd}), table);
+  auto d_g = upload_bf16(ref);
+  ops::rope_backward(ctx(), d_g.view({B, T, H, hd}), dtable);
+  CHECK_REL(download(d_g), rback, kBf16);
+}
+
+TEST_CASE("cuda swiglu forward and backward match the CPU op") {
+  const int64_t N = 100, F = 333;
+  auto g = randn(size_t(N * F), 2.0f), u = randn(size_t(N * F)), dout = randn(size_t(N * F));
+  std::vector<float> ref(size_t(N * F)), rdg(size_t(N * F), 0.0f), rdu(size_t(N * F), 0.0f);
+  ops::swiglu_forward<float>(host(), Tensor<float>(ref.data(), {N, F}), Tensor<const float>(g.data(), {N, F}),
+                             Tensor<const float>(u.data(), {N, F}));
+  ops::swiglu_backward<float>(host(), Tensor<float>(rdg.data(), {N, F}), Tensor<float>(rdu.data(), {N, F}),
+                              Tensor<const float>(dout.data(), {N, F}), Tensor<const float>(g.data(), {N, F}),
+                              Tensor<const float>(u.data(), {N, F}));
+  auto d_g = upload_bf16(g), d_u = upload_bf16(u), d_dout = upload_bf16(dout);
+  auto out = poisoned<bf16>(size_t(N * F)), dg = poisoned<bf16>(size_t(N * F)), du = poisoned<bf16>(size_t(N * F));
+  ops::swiglu_forward(ctx(), out.view({N, F}), d_g.view({N, F}), d_u.view({N, F}));
+  ops::swiglu_backward(ctx(), dg.view({N, F}), du.view({N, F}), d_dout.view({N, F}), d_g.view({N, F}), d_u.view({N, F}));
+  CHECK_REL(download(out), ref, kBf16);
+  CHECK_REL(download(dg), rdg, kBf16);
+  CHECK_REL(download(du), rdu, kBf16);
+}
+
+TEST_CASE("cuda cross entropy matches the CPU op") {
+  for (auto [N, V] : {std::pair<int64_t, int64_t>{77, 256}, {13, 50257}, {300, 1000}}) {
+    std::printf("cross entropy N=%ld V=%ld\n", long(N), long(V));
+    auto logits = randn(size_t(N * V), 3.0f);
+    auto tgt = rand_ids(size_t(N), int32_t(V));
+    std::vector<float> rl(static_cast<size_t>(N)), rdl(size_t(N * V), 0.0f);
+    const float scale = 1.0f / float(N);
+    const float rmean = ops::cross_entropy_forward<float>(host(), Tensor<float>(rl.data(), {N}),
+                                                          Tensor<const float>(logits.data(), {N, V}),
+                                                          Tensor<const int32_t>(tgt.data(), {N}));
+    ops::cross_entropy_backward<float>(host(), Tensor<float>(rdl.data(), {N, V}), Tensor<const float>(logits.data(), {N, V}),
+                                       Tensor<const int32_t>(tgt.data(), {N}), scale);
+    auto d_l = upload_bf16(logits);
+    auto d_t = upload(tgt);
+    auto losses = poisoned<float>(size_t(N));
+    auto dl = poisoned<bf16>(size_t(N * V));
+    ops::cross_entropy_forward(ctx(), losses.view({N}), d_l.view({N, V}), d_t.view({N}));
+    const double mean = ops::cross_entropy_mean(ctx(), losses.view({N}));
+    ops::cross_entropy_backward(ctx(), dl.view({N, V}), d_l.view({N, V}), d_t.view({N}), scale);
+    CHECK_REL(download(losses), rl, kF32);
+    CHECK(std::abs(mean - double(rmean)) < 1e-5 * std::abs(double(rmean)));
+    CHECK_REL(download(dl), rdl, kBf16);
+  }
+}
+
+TEST_CASE("cuda adamw matches the CPU optimizer step for step") {
+  const int64_t n = 10007;
+  ParamArena<float> arena;
+  arena.add("w", {n}, ParamKind::matrix);
+  arena.allocate();
+  auto p0 = randn(size_t(n));
+  std::copy(p0.begin(), p0.end(), arena.params());
+  optim::AdamWConfig cfg;
+  cfg.lr = 1e-2f;
+  optim::AdamW cpu_opt(arena, cfg);
+  auto d_p = upload(p0);
+  DeviceBuffer<float> d_m(static_cast<size_t>(n)), d_v(static_cast<size_t>(n));
+  d_m.zero();
+  d_v.zero();
+  auto d_p16 = poisoned<bf16>(size_t(n));
+  for (int64_t t = 1; t <= 3; ++t) {
+    auto g = randn(size_t(n), 0.1f);
+    std::copy(g.begin(), g.end(), arena.grads());
+    cpu_opt.step(host(), arena, 1.0f);
+    auto d_g = upload(g);
+    ops::CudaAdamWStep s;
+    s.lr = cfg.lr;
+    s.beta1 = cfg.beta1;
+    s.beta2 = cfg.beta2;
+    s.eps = cfg.eps;
+    s.weight_decay = cfg.weight_decay;
+    s.t = t;
+    ops::adamw_update(ctx(), d_p.view({n}), d_p16.view({n}), d_g.view({n}), d_m.view({n}), d_v.view({n}), s);
+  }
+  auto p = download(d_p);
+  std::vector<float> ref(arena.params(), arena.params() + n);
+  CHECK_REL(p, ref, 1e-6);
+  auto p16 = d_p16.to_host();
+  size_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += p16[size_t(i)].bits != bf16::from_float(p[size_t(i)]).bits;
+  CHECK(bad == 0);
+}
+
+namespace {
+// Natural-log log-sum-exp of the scaled causal scores, [B, H, T], in double.
+std::vector<float> reference_lse(const std::vector<float>& q, const std::vector<float>& k, int64_t B, int64_t T,
+                                 int64_t H, int64_t hd) {
+  std::vector<float> out(size_t(B * H * T));
+  const double scale = 1.0 / std::sqrt(double(hd));
+  std::vector<double> s(static_cast<size_t>(T));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < T; ++i) {
+        double m = -INFINITY;
+        for (int64_t j = 0; j <= i; ++j) {
+          double d = 0;
+          for (int64_t x = 0; x < hd; ++x)
+            d += double(q[size_t(((b * T + i) * H + h) * hd + x)]) * double(k[size_t(((b * T + j) * H + h) * hd + x)]);
+          s[size_t(j)] = d * scale;
+          m = std::max(m, s[size_t(j)]);
+        }
+        double sum = 0;
+        for (int64_t j = 0; j <= i; ++j) sum += std::exp(s[size_t(j)] - m);
+        out[size_t((b * H + h) * T + i)] = float(m + std::log(sum));
+      }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("cuda flash attention forward and backward match the CPU op") {
+  struct S {
+    int64_t B, T, H, hd;
+  };
+  for (S s : {S{2, 64, 2, 64}, S{1, 200, 3, 64}, S{2, 77, 2, 32}, S{1, 130, 2, 128}, S{1, 1, 1, 64}, S{1, 1024, 2, 64}}) {
+    std::printf("attention B=%ld T=%ld H=%ld hd=%ld\n", long(s.B), long(s.T), long(s.H), long(s.hd));
+    const size_t n = size_t(s.B * s.T * s.H * s.hd);
+    auto q = randn(n), k = randn(n), v = randn(n), dout = randn(n);
+    std::vector<float> ref(n), cache(size_t(ops::attention_cache_size(s.B, s.T, s.H)));
+    auto T4 = [&](std::vector<float>& x) { return Tensor<float>(x.data(), {s.B, s.T, s.H, s.hd}); };
+    auto C4 = [&](const std::vector<float>& x) { return Tensor<const float>(x.data(), {s.B, s.T, s.H, s.hd}); };
+    ops::attention_forward<float>(host(), T4(ref), Tensor<float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k),
+                                  C4(v));
+    std::vector<float> rdq(n, 0.0f), rdk(n, 0.0f), rdv(n, 0.0f);
+    ops::attention_backward<float>(host(), T4(rdq), T4(rdk), T4(rdv), C4(dout),
+                                   Tensor<const float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k), C4(v),
+                                   C4(ref));
+    auto rlse = reference_lse(q, k, s.B, s.T, s.H, s.hd);
+
+    auto d_q = upload_bf16(q), d_k = upload_bf16(k), d_v = upload_bf16(v), d_dout = upload_bf16(dout);
+    auto d_out = poisoned<bf16>(n), d_dq = poisoned<bf16>(n), d_dk = poisoned<bf16>(n), d_dv = poisoned<bf16>(n);
+    auto d_cache = poisoned<float>(size_t(ops::cuda_attention_cache_size(s.B, s.T, s.H)));
+    auto V4 = [&](DeviceBuffer<bf16>& x) { return x.view({s.B, s.T, s.H, s.hd}); };
+    auto cache_view = d_cache.view({int64_t(d_cache.size())});
+    ops::attention_forward(ctx(), V4(d_out), cache_view, V4(d_q), V4(d_k), V4(d_v));
+    auto out = download(d_out);
+    auto lse_all = download(d_cache);
+    std::vector<float> lse(lse_all.begin(), lse_all.begin() + int64_t(rlse.size()));
+    CHECK_REL(out, ref, kBf16);
+    CHECK_REL(lse, rlse, kF32);
+    ops::attention_backward(ctx(), V4(d_dq), V4(d_dk), V4(d_dv), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
+                            V4(d_out));
+    CHECK_REL(download(d_dq), rdq, 2 * kBf16);
+    CHECK_REL(download(d_dk), rdk, 2 * kBf16);
+    CHECK_REL(download(d_dv), rdv, kBf16);
+  }
+}
+
+TEST_CASE("cuda ops reject wrong shapes with an Error") {
+  DeviceBuffer<bf16> a(64), b(64);
+  CHECK_THROWS_AS(ops::swiglu_forward(ctx(), a.view({8, 8}), a.view({8, 8}), b.view({4, 16})), Error);
+  DeviceBuffer<float> c(64);
+  CHECK_THROWS_AS(ops::attention_forward(ctx(), a.view({1, 1, 1, 48}), c.view({2}), a.view({1, 1, 1, 48}),
+                                         a.view({1, 1, 1, 48}), a.view({1, 1, 1, 48})),
+                  Error);
+}
