@@ -436,7 +436,7 @@ TEMPLATE_TEST_CASE("decoder: parameter and code gradients match central differen
 // double, loss = Σ R·h', against central differences for every parameter of both halves
 // and for h. The fp32 wire rounds z to ~6e-8 relative, which central differences see as
 // noise of about N·r·6e-8/(2h): with h = 1e-2 that is ~1e-5, as is the truncation error
-// h²·|f'''|/6. Bound 1e-3.
+// h²·|f'''|/6 (observed: <= 6e-5). Bound 5e-4.
 TEMPLATE_TEST_CASE("chained codec: gradients through both halves match central differences", "", MlpFp32, LinFp32,
                    MlpNoIdFp32, LinNoIdReembedFp32, SubFp32, presets::DenseFp32) {
   using C = TestType;
@@ -458,7 +458,7 @@ TEMPLATE_TEST_CASE("chained codec: gradients through both halves match central d
   g.dec.backward(Context(1), ds, Tensor<const double>(R.data(), {N, d}), gw);
   std::vector<double> dh(size_t(N * d), 0.0);
   g.enc.backward(Context(1), es, gw, Tensor<double>(dh.data(), {N, d}));
-  const double step = 1e-2, tol = 1e-3;
+  const double step = 1e-2, tol = 5e-4;
   check_arena(g.ea, step, tol, loss);
   check_arena(g.da, step, tol, loss);
   const double e = fd_rel_error(h.data(), h.size(), dh.data(), step, loss);
