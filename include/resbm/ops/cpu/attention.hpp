@@ -94,24 +94,6 @@ T* scratch(size_t n) {
   return buf.data();
 }
 
-// The BLAS calls run inside our parallel_for, one (b, h) pair per thread; OpenBLAS
-// (pthreads build) would otherwise start its own threads inside each of them and the two
-// levels fight over the same cores. One BLAS thread for the duration, restored after.
-class SerialBlas {
- public:
-  explicit SerialBlas(const Context& ctx) : threads_(ctx.threads) {
-    if (threads_ > 1) openblas_set_num_threads(1);
-  }
-  ~SerialBlas() {
-    if (threads_ > 1) openblas_set_num_threads(threads_);
-  }
-  SerialBlas(const SerialBlas&) = delete;
-  SerialBlas& operator=(const SerialBlas&) = delete;
-
- private:
-  int threads_;
-};
-
 template <class T>
 void check_qkv(Tensor<const T> q, Tensor<const T> k, Tensor<const T> v, int64_t B, int64_t T_,
                int64_t H, int64_t hd) {
@@ -139,7 +121,6 @@ void attention_forward(const Context& ctx, Tensor<T> out, Tensor<T> cache, Tenso
 
   const int64_t C = H * hd;
   const T scale = T(1) / std::sqrt(T(hd));
-  SerialBlas serial(ctx);
   parallel_for(ctx, B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const int64_t off = b * Tn * C + h * hd;
@@ -181,7 +162,6 @@ void attention_backward(const Context& ctx, Tensor<T> dq, Tensor<T> dk, Tensor<T
 
   const int64_t C = H * hd;
   const T scale = T(1) / std::sqrt(T(hd));
-  SerialBlas serial(ctx);
   parallel_for(ctx, B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
     const int64_t off = b * Tn * C + h * hd;
