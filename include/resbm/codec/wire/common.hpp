@@ -89,7 +89,8 @@ void encode_int_groups(const char* wire, const float* x, int64_t count, int64_t 
                        int64_t width, std::byte* out) {
   constexpr int qmax = kQmax<Bits>;
   std::byte* codes = out + 4 * ngroups;
-  if constexpr (Bits == 4) std::memset(codes, 0, size_t((count + 1) / 2));
+  if constexpr (Bits == 4)
+    if (count > 0) std::memset(codes, 0, size_t((count + 1) / 2));  // out may be null when empty
   for (int64_t g = 0; g < ngroups; ++g) {
     const int64_t begin = g * group, end = begin + group < count ? begin + group : count;
     const float m = absmax(wire, x, begin, end, width);
