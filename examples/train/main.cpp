@@ -23,7 +23,7 @@ struct Options {
   std::string optimizer = "muon";
   uint64_t seed = 1;
   int threads = 0;
-  int64_t eval_every = 0, eval_batches = 8, save_every = 0;
+  int64_t eval_every = 0, eval_batches = 8, save_every = 0, stop_after = 0;
   std::string metrics, save, resume;
 };
 
@@ -79,8 +79,7 @@ int train(const Options& o, Opt& opt, const nn::LlamaConfig& cfg, nn::Llama<floa
 
   int64_t start = 0;
   if (!o.resume.empty()) {
-    io::Json record = io::load_checkpoint(o.resume, "model", arena, opt.state());
-    io::expect_same_config(record.at("config"), config, o.resume);
+    io::Json record = io::load_checkpoint(o.resume, "model", arena, opt.state(), config);
     start = record.at("step").as_int64();
     opt.set_steps(record.at("optimizer_steps").as_int64());
     RESBM_CHECK(start <= o.steps, cat("checkpoint is at step ", start, " but --steps is ", o.steps),
@@ -151,6 +150,10 @@ int train(const Options& o, Opt& opt, const nn::LlamaConfig& cfg, nn::Llama<floa
     }
     if (metrics) metrics->write(rec);
     if (!o.save.empty() && o.save_every > 0 && (step + 1) % o.save_every == 0) save(step + 1);
+    if (o.stop_after > 0 && step + 1 == o.stop_after) {
+      std::fprintf(stderr, "\nstopped after step %lld (--stop-after)\n", (long long)(step + 1));
+      return 0;
+    }
   }
   progress.finish();
   val_loss = evaluate();
@@ -210,7 +213,8 @@ int run(int argc, char** argv) {
       .flag("metrics", &o.metrics, "write per-step metrics as JSONL to this file")
       .flag("save", &o.save, "write checkpoints (params, optimizer, tokenizer) to this directory")
       .flag("save-every", &o.save_every, "also checkpoint every N steps (needs --save)")
-      .flag("resume", &o.resume, "continue from the checkpoint in this directory");
+      .flag("resume", &o.resume, "continue from the checkpoint in this directory")
+      .flag("stop-after", &o.stop_after, "stop after this step as if interrupted, no final eval (0 = run to --steps)");
   if (!cli.parse(argc, argv)) return 0;
   RESBM_CHECK(o.steps > 0, cat("--steps ", o.steps, " must be positive"), "pass --steps 1 or more");
   RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.eval_batches > 0,
@@ -219,6 +223,9 @@ int run(int argc, char** argv) {
   RESBM_CHECK(o.optimizer == "adamw" || o.optimizer == "muon", cat("unknown optimizer '", o.optimizer, "'"),
               "pass --optimizer adamw or muon");
 
+  RESBM_CHECK(o.resume.empty() || fs::is_directory(o.resume),
+              cat("checkpoint directory '", o.resume, "' does not exist"),
+              "pass --resume the directory that an earlier run wrote with --save");
   Context ctx(o.threads);
   const std::string corpus = io::read_file(o.data, "data file", uint64_t(1) << 34);
   const Tokens tokens = tokenize(o, corpus);

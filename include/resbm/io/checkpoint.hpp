@@ -59,19 +59,6 @@ inline void save_checkpoint(const std::string& dir, const std::string& stem, Par
   write_file_atomic(base + ".json", record.dump() + "\n", "checkpoint record");
 }
 
-// Loads parameters and optimizer state; returns the run record for the caller to check.
-inline Json load_checkpoint(const std::string& dir, const std::string& stem, ParamArena<float>& arena,
-                            const NamedTensors& optim_state) {
-  const std::string base = (std::filesystem::path(dir) / stem).string();
-  RESBM_CHECK(std::filesystem::exists(base + ".json"),
-              cat("no checkpoint record '", base, ".json'"),
-              "pass --resume the directory that an earlier run wrote with --save");
-  Json record = Json::parse(read_file(base + ".json", "checkpoint record", 1 << 20));
-  load_tensors(base + ".params.safetensors", named_params(arena));
-  load_tensors(base + ".optim.safetensors", optim_state);
-  return record;
-}
-
 // Error naming the first field of `saved` that differs from `now`.
 inline void expect_same_config(const Json& saved, const Json& now, const std::string& where) {
   for (const auto& [key, value] : now.as_object()) {
@@ -84,6 +71,24 @@ inline void expect_same_config(const Json& saved, const Json& now, const std::st
                 cat("resume with --", flag, " ", old ? old->dump() : std::string("..."),
                     " or start a new run without --resume"));
   }
+}
+
+// Loads parameters and optimizer state after checking that the record's "config" equals
+// `config` (so a mismatch names the field, not a tensor shape); returns the record.
+inline Json load_checkpoint(const std::string& dir, const std::string& stem, ParamArena<float>& arena,
+                            const NamedTensors& optim_state, const Json& config) {
+  const std::string base = (std::filesystem::path(dir) / stem).string();
+  RESBM_CHECK(std::filesystem::exists(base + ".json"),
+              cat("no checkpoint record '", base, ".json'"),
+              "pass --resume the directory that an earlier run wrote with --save");
+  Json record = Json::parse(read_file(base + ".json", "checkpoint record", 1 << 20));
+  RESBM_CHECK(record.is_object() && record.contains("config") && record.contains("step"),
+              cat("checkpoint record '", base, ".json' lacks its config or step"),
+              "the record is corrupt; resume from another checkpoint or start anew");
+  expect_same_config(record.at("config"), config, dir);
+  load_tensors(base + ".params.safetensors", named_params(arena));
+  load_tensors(base + ".optim.safetensors", optim_state);
+  return record;
 }
 
 }  // namespace resbm::io
