@@ -1,0 +1,345 @@
+#pragma once
+// The wire format shared by every transport: a fixed 48-byte little-endian header and a
+// payload. Everything a receiver sizes from the peer (the payload allocation above all) is
+// validated here first, so a garbage or hostile byte stream is an Error, never a huge
+// allocation or a crash.
+//
+//   offset  size  field
+//        0     4  magic        "RSBM" (the bytes 'R','S','B','M' in this order)
+//        4     2  version      kFrameVersion
+//        6     2  kind         Kind
+//        8     8  step         optimizer step
+//       16     4  micro_batch
+//       20     4  stream       boundary id
+//       24     8  payload_len  bytes following the header
+//       32     4  crc          crc32c of the payload
+//       36     4  header_crc   crc32c of bytes [0, 36)
+//       40     8  reserved     zero
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+
+#if defined(__SSE4_2__)
+#include <nmmintrin.h>
+#endif
+
+#include "resbm/core/error.hpp"
+
+namespace resbm::transport {
+
+inline constexpr size_t kHeaderSize = 48;
+inline constexpr uint16_t kFrameVersion = 1;
+// 'R','S','B','M' read as a little-endian u32: the stream starts with the readable "RSBM".
+inline constexpr uint32_t kMagic = 0x4D425352u;
+
+enum class Kind : uint16_t {
+  activation = 1,
+  gradient = 2,
+  handshake = 3,
+  handshake_ack = 4,
+  shutdown = 5,
+  heartbeat = 6,
+};
+
+inline const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::activation: return "activation";
+    case Kind::gradient: return "gradient";
+    case Kind::handshake: return "handshake";
+    case Kind::handshake_ack: return "handshake_ack";
+    case Kind::shutdown: return "shutdown";
+    case Kind::heartbeat: return "heartbeat";
+  }
+  return "unknown";
+}
+
+inline bool valid_kind(uint16_t k) { return k >= 1 && k <= 6; }
+
+// What a receiver accepts. The bound protects memory: a declared length above it is
+// refused before anything is allocated.
+struct Limits {
+  uint64_t max_payload = uint64_t(256) << 20;
+};
+
+// The header as the program sees it. Links fill payload_len and crc from the payload they
+// send; on receipt both are the validated values from the wire.
+struct FrameHeader {
+  Kind kind = Kind::activation;
+  uint64_t step = 0;
+  uint32_t micro_batch = 0;
+  uint32_t stream = 0;
+  uint64_t payload_len = 0;
+  uint32_t crc = 0;  // crc32c of the payload
+
+  friend bool operator==(const FrameHeader&, const FrameHeader&) = default;
+};
+
+// ---------------------------------------------------------------------------------------
+// CRC-32C (Castagnoli), the iSCSI/ext4 checksum: the SSE4.2 instruction computes it, and it
+// detects all burst errors up to 32 bits. Software fallback: slicing-by-8 tables built at
+// compile time.
+namespace detail {
+inline constexpr uint32_t kCrc32cPoly = 0x82F63B78u;  // reflected 0x1EDC6F41
+
+using Crc32cTables = std::array<std::array<uint32_t, 256>, 8>;
+constexpr Crc32cTables make_crc32c_tables() {
+  Crc32cTables t{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ ((c & 1u) ? kCrc32cPoly : 0u);
+    t[0][i] = c;
+  }
+  for (size_t s = 1; s < 8; ++s)
+    for (size_t i = 0; i < 256; ++i) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFFu];
+  return t;
+}
+inline constexpr Crc32cTables kCrc32cTables = make_crc32c_tables();
+
+inline uint64_t load_le64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+}  // namespace detail
+
+// Raw register update (no pre/post inversion), software. Public so that tests can hold
+// the hardware path against it.
+inline uint32_t crc32c_update_sw(uint32_t crc, const void* data, size_t n) {
+  const auto& t = detail::kCrc32cTables;
+  auto* p = static_cast<const unsigned char*>(data);
+  while (n >= 8) {
+    uint64_t v = detail::load_le64(p) ^ crc;
+    crc = t[7][v & 0xFF] ^ t[6][(v >> 8) & 0xFF] ^ t[5][(v >> 16) & 0xFF] ^
+          t[4][(v >> 24) & 0xFF] ^ t[3][(v >> 32) & 0xFF] ^ t[2][(v >> 40) & 0xFF] ^
+          t[1][(v >> 48) & 0xFF] ^ t[0][v >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xFF];
+  return crc;
+}
+
+#if defined(__SSE4_2__)
+namespace detail {
+inline uint32_t crc32c_update_hw_serial(uint32_t crc, const unsigned char* p, size_t n) {
+  uint64_t c = crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = uint32_t(c);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
+
+// The crc32 instruction has a latency of 3 cycles and a throughput of 1: one dependency
+// chain runs at a third of the unit's speed. Three chains over three adjacent blocks, then
+// the first two shifted past the later blocks and folded in, run at full speed. Shifting a
+// crc register past `kBlock` zero bytes is a linear map over GF(2), tabulated once.
+inline constexpr size_t kCrcBlock = 4096;
+
+struct Crc32cShift {
+  uint32_t t[4][256];
+  Crc32cShift() {
+    // Column j of the map: the register 1<<j pushed through kBlock zero bytes.
+    uint32_t col[32];
+    static const unsigned char zeros[kCrcBlock] = {};
+    for (int j = 0; j < 32; ++j) col[j] = crc32c_update_hw_serial(1u << j, zeros, kCrcBlock);
+    for (int b = 0; b < 4; ++b)
+      for (uint32_t v = 0; v < 256; ++v) {
+        uint32_t r = 0;
+        for (int k = 0; k < 8; ++k)
+          if (v & (1u << k)) r ^= col[8 * b + k];
+        t[b][v] = r;
+      }
+  }
+  uint32_t operator()(uint32_t c) const {
+    return t[0][c & 0xFF] ^ t[1][(c >> 8) & 0xFF] ^ t[2][(c >> 16) & 0xFF] ^ t[3][c >> 24];
+  }
+};
+
+inline uint32_t crc32c_update_hw(uint32_t crc, const void* data, size_t n) {
+  auto* p = static_cast<const unsigned char*>(data);
+  if (n >= 3 * kCrcBlock) {
+    static const Crc32cShift shift;
+    while (n >= 3 * kCrcBlock) {
+      uint64_t a = crc, b = 0, c = 0;
+      for (size_t i = 0; i < kCrcBlock; i += 8) {
+        uint64_t va, vb, vc;
+        std::memcpy(&va, p + i, 8);
+        std::memcpy(&vb, p + kCrcBlock + i, 8);
+        std::memcpy(&vc, p + 2 * kCrcBlock + i, 8);
+        a = _mm_crc32_u64(a, va);
+        b = _mm_crc32_u64(b, vb);
+        c = _mm_crc32_u64(c, vc);
+      }
+      // Register linearity: crc(A||B) = shift(crc(A)) ^ crc_from_zero(B).
+      crc = shift(shift(uint32_t(a)) ^ uint32_t(b)) ^ uint32_t(c);
+      p += 3 * kCrcBlock;
+      n -= 3 * kCrcBlock;
+    }
+  }
+  return crc32c_update_hw_serial(crc, p, n);
+}
+}  // namespace detail
+#endif
+
+// Raw register update: chain calls to checksum data that arrives in pieces.
+inline uint32_t crc32c_update(uint32_t crc, const void* data, size_t n) {
+#if defined(__SSE4_2__)
+  return detail::crc32c_update_hw(crc, data, n);
+#else
+  return crc32c_update_sw(crc, data, n);
+#endif
+}
+
+// The standard CRC-32C of a byte string: crc32c("123456789") == 0xE3069283.
+inline uint32_t crc32c(std::span<const std::byte> data) {
+  return ~crc32c_update(~0u, data.data(), data.size());
+}
+
+// Incremental form of crc32c(): feed pieces with update(), read value().
+class Crc32c {
+ public:
+  void update(const void* p, size_t n) { reg_ = crc32c_update(reg_, p, n); }
+  uint32_t value() const { return ~reg_; }
+
+ private:
+  uint32_t reg_ = ~0u;
+};
+
+// ---------------------------------------------------------------------------------------
+namespace detail {
+inline void put16(std::byte* p, uint16_t v) {
+  for (int i = 0; i < 2; ++i) p[i] = std::byte(v >> (8 * i));
+}
+inline void put32(std::byte* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = std::byte(v >> (8 * i));
+}
+inline void put64(std::byte* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = std::byte(v >> (8 * i));
+}
+inline uint16_t get16(const std::byte* p) { return uint16_t(uint16_t(p[0]) | uint16_t(p[1]) << 8); }
+inline uint32_t get32(const std::byte* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | uint32_t(p[i]);
+  return v;
+}
+inline uint64_t get64(const std::byte* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | uint64_t(p[i]);
+  return v;
+}
+inline std::string hex32(uint32_t v) {
+  static const char digits[] = "0123456789abcdef";
+  std::string s = "0x";
+  for (int i = 7; i >= 0; --i) s += digits[(v >> (4 * i)) & 15];
+  return s;
+}
+inline constexpr size_t kHeaderCrcOffset = 36;
+inline constexpr size_t kReservedOffset = 40;
+}  // namespace detail
+
+using HeaderBytes = std::array<std::byte, kHeaderSize>;
+
+// Writes the 48 header bytes, header crc included, from `h` as given (payload_len and crc
+// are taken as they are: links set them from the payload).
+inline void encode_header(const FrameHeader& h, std::byte* out) {
+  using namespace detail;
+  std::memset(out, 0, kHeaderSize);
+  put32(out + 0, kMagic);
+  put16(out + 4, kFrameVersion);
+  put16(out + 6, uint16_t(h.kind));
+  put64(out + 8, h.step);
+  put32(out + 16, h.micro_batch);
+  put32(out + 20, h.stream);
+  put64(out + 24, h.payload_len);
+  put32(out + 32, h.crc);
+  put32(out + kHeaderCrcOffset, ~crc32c_update(~0u, out, kHeaderCrcOffset));
+}
+
+inline HeaderBytes encode_header(const FrameHeader& h) {
+  HeaderBytes b;
+  encode_header(h, b.data());
+  return b;
+}
+
+// Validates and decodes a header. Checks run in the order that names the likeliest cause
+// first: a stream that does not start with the magic is not ours at all (wrong port), a
+// different version is a different build, and only then is a bad header crc corruption.
+// payload_len is checked against the limits last, so the caller may allocate from the
+// returned header.
+inline FrameHeader decode_header(const std::byte* p, size_t n, const Limits& limits) {
+  using namespace detail;
+  RESBM_CHECK(n >= kHeaderSize, cat("frame header truncated: ", n, " of ", kHeaderSize, " bytes"),
+              "the connection dropped mid-frame; check the peer's log");
+  uint32_t magic = get32(p);
+  if (magic != kMagic) {
+    std::string seen;
+    for (int i = 0; i < 4; ++i) {
+      unsigned c = unsigned(p[i]);
+      seen += (c >= 0x20 && c < 0x7f) ? std::string(1, char(c)) : cat("\\x", hex32(c).substr(8));
+    }
+    fail(cat("frame starts with \"", seen, "\" instead of \"RSBM\": not a resbm peer or wrong port"),
+         "point this stage at the address and port of a resbm stage");
+  }
+  uint16_t version = get16(p + 4);
+  RESBM_CHECK(version == kFrameVersion,
+              cat("peer speaks frame format version ", version, " but this build speaks version ",
+                  kFrameVersion),
+              "run the same resbm version on every stage");
+  uint32_t want = get32(p + kHeaderCrcOffset);
+  uint32_t got = ~crc32c_update(~0u, p, kHeaderCrcOffset);
+  RESBM_CHECK(want == got,
+              cat("frame header corrupted in transit (header crc32c ", hex32(got), ", expected ",
+                  hex32(want), ")"),
+              "check the network path (NIC, proxy, cable); the frame cannot be trusted");
+  uint16_t kind = get16(p + 6);
+  RESBM_CHECK(valid_kind(kind), cat("frame has unknown kind ", kind),
+              "run the same resbm version on every stage");
+  for (size_t i = kReservedOffset; i < kHeaderSize; ++i)
+    RESBM_CHECK(p[i] == std::byte{0},
+                cat("reserved frame header byte ", i, " is ", unsigned(p[i]), ", not 0"),
+                "run the same resbm version on every stage, or check the network path");
+  FrameHeader h;
+  h.kind = Kind(kind);
+  h.step = get64(p + 8);
+  h.micro_batch = get32(p + 16);
+  h.stream = get32(p + 20);
+  h.payload_len = get64(p + 24);
+  h.crc = get32(p + 32);
+  RESBM_CHECK(h.payload_len <= limits.max_payload,
+              cat("payload of ", h.payload_len, " bytes exceeds the configured maximum ",
+                  limits.max_payload),
+              "raise --max-frame or check the peer's config");
+  return h;
+}
+
+// Error unless `payload` is what the header announced.
+inline void verify_payload(const FrameHeader& h, std::span<const std::byte> payload) {
+  RESBM_CHECK(payload.size() == h.payload_len,
+              cat("frame carries ", payload.size(), " payload bytes but its header announced ",
+                  h.payload_len),
+              "check the network path; the frame cannot be trusted");
+  uint32_t got = crc32c(payload);
+  RESBM_CHECK(got == h.crc,
+              cat("payload corrupted in transit (", kind_name(h.kind), " frame, step ", h.step,
+                  ", micro-batch ", h.micro_batch, ": crc32c ", detail::hex32(got), ", header says ",
+                  detail::hex32(h.crc), ")"),
+              "check the network path (NIC, proxy, cable); the frame was rejected");
+}
+
+// A header for `payload`: the given routing fields with the length and crc filled in.
+inline FrameHeader seal(FrameHeader h, std::span<const std::byte> payload) {
+  h.payload_len = payload.size();
+  h.crc = crc32c(payload);
+  return h;
+}
+
+}  // namespace resbm::transport
