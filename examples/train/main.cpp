@@ -25,11 +25,27 @@ struct Options {
   int threads = 0;
   int64_t eval_every = 0, eval_batches = 8, save_every = 0, stop_after = 0;
   std::string metrics, save, resume;
+  int stages = 1, micro_batches = 1, rank = 2;
+  std::string codec = "resbm";
 };
 
 double now_s() {
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+optim::AnyOptimizer make_optimizer(const Options& o, const ParamArena<float>& arena) {
+  optim::AdamWConfig adam;
+  adam.weight_decay = float(o.weight_decay);
+  if (o.optimizer == "adamw") {
+    adam.lr = o.lr > 0 ? float(o.lr) : 2e-3f;
+    return optim::AnyOptimizer(optim::AdamW(arena, adam));
+  }
+  adam.lr = o.adam_lr > 0 ? float(o.adam_lr) : 2e-3f;
+  optim::MuonConfig muon;
+  muon.lr = o.lr > 0 ? float(o.lr) : 0.02f;
+  muon.adamw = adam;
+  return optim::AnyOptimizer(optim::Muon(arena, muon));
 }
 
 // The fields of a run that a checkpoint must agree with to be resumed.
@@ -45,6 +61,10 @@ io::Json config_record(const Options& o, const nn::LlamaConfig& c) {
   j.set("batch", o.batch);
   j.set("optimizer", o.optimizer);
   j.set("seed", double(o.seed));
+  j.set("stages", o.stages);
+  j.set("codec", o.stages > 1 ? o.codec : std::string("none"));
+  j.set("rank", o.stages > 1 ? o.rank : 0);
+  j.set("micro_batches", o.micro_batches);
   return j;
 }
 
@@ -69,65 +89,61 @@ Tokens tokenize(const Options& o, const std::string& corpus) {
   return run(data::CharTokenizer::build(corpus));
 }
 
-template <class Opt>
-int train(const Options& o, Opt& opt, const nn::LlamaConfig& cfg, nn::Llama<float>& model, ParamArena<float>& arena,
-          Context& ctx, const data::Split& split) {
+// The run's configuration as one JSON object: checked on resume, printed in RESULT.
+template <class Codec>
+int train(const Options& o, const nn::LlamaConfig& cfg, Context& ctx, const data::Split& split) {
   const data::BatchSampler train_data(split.train, o.batch, cfg.seq_len, o.seed);
   const data::BatchSampler val_data(split.val, o.batch, cfg.seq_len, o.seed);
   const int64_t tokens_per_step = int64_t(o.batch) * cfg.seq_len;
   const io::Json config = config_record(o, cfg);
 
+  pipeline::LocalPipeline<Codec> pipe(cfg, o.stages, o.batch / o.micro_batches);
+  pipe.init(o.seed);
+  std::vector<optim::AnyOptimizer> opts;
+  for (auto& stage : pipe.stages()) opts.push_back(make_optimizer(o, stage->arena()));
+
+  auto stem = [](size_t s) { return "stage-" + std::to_string(s); };
   int64_t start = 0;
   if (!o.resume.empty()) {
-    io::Json record = io::load_checkpoint(o.resume, "model", arena, opt.state(), config);
-    start = record.at("step").as_int64();
-    opt.set_steps(record.at("optimizer_steps").as_int64());
+    for (size_t s = 0; s < opts.size(); ++s) {
+      io::Json record = io::load_checkpoint(o.resume, stem(s), pipe.stages()[s]->arena(), opts[s].state(), config);
+      const int64_t at = record.at("step").as_int64();
+      RESBM_CHECK(s == 0 || at == start, cat("checkpoint stages disagree: stage 0 is at step ", start,
+                                             " but stage ", s, " at step ", at),
+                  "resume from a directory written by one run");
+      start = at;
+      opts[s].set_steps(record.at("optimizer_steps").as_int64());
+    }
     RESBM_CHECK(start <= o.steps, cat("checkpoint is at step ", start, " but --steps is ", o.steps),
                 "pass --steps larger than the checkpoint's step to continue training");
     std::fprintf(stderr, "resumed from %s at step %lld\n", o.resume.c_str(), (long long)start);
   }
   auto save = [&](int64_t step) {
-    io::Json record = io::Json::object();
-    record.set("step", step);
-    record.set("optimizer_steps", opt.steps());
-    record.set("config", config);
-    io::save_checkpoint(o.save, "model", arena, opt.state(), record);
+    for (size_t s = 0; s < opts.size(); ++s) {
+      io::Json record = io::Json::object();
+      record.set("step", step);
+      record.set("optimizer_steps", opts[s].steps());
+      record.set("config", config);
+      io::save_checkpoint(o.save, stem(s), pipe.stages()[s]->arena(), opts[s].state(), record);
+    }
   };
 
   std::unique_ptr<io::MetricsLog> metrics;
   if (!o.metrics.empty()) metrics = std::make_unique<io::MetricsLog>(o.metrics, start > 0);
 
-  auto train_acts = model.make_activations(o.batch);
-  auto evaluate = [&] {
-    const int64_t n = std::min<int64_t>(o.eval_batches, val_data.eval_batches());
-    double sum = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      val_data.eval_batch(i, train_acts.tokens.data(), train_acts.targets.data());
-      sum += double(model.forward(ctx, train_acts));
-    }
-    return sum / double(n);
-  };
-
-  std::fprintf(stderr, "resbm-train: %zu parameters, d_model %d, %d layers, %d heads, seq %d, batch %d, %s, %d threads\n",
-               arena.count(), cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.seq_len, o.batch, o.optimizer.c_str(),
-               ctx.threads);
+  std::fprintf(stderr,
+               "resbm-train: %zu parameters, d_model %d, %d layers, %d heads, seq %d, batch %d (%d micro-batches), "
+               "%s, %d stage(s)%s, %d threads\n",
+               pipe.params(), cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.seq_len, o.batch, o.micro_batches,
+               o.optimizer.c_str(), o.stages, o.stages > 1 ? (", codec " + o.codec).c_str() : "", ctx.threads);
   io::Progress progress(o.steps);
   double train_time = 0, recent_loss = 0, val_loss = NAN;
   int64_t recent = 0, trained = 0;
   const double t_run = now_s();
   for (int64_t step = start; step < o.steps; ++step) {
     const double t0 = now_s();
-    train_data.batch(step, train_acts.tokens.data(), train_acts.targets.data());
-    arena.zero_grad();
-    const float loss = model.forward(ctx, train_acts);
-    RESBM_CHECK(std::isfinite(loss), cat("loss is ", loss, " at step ", step),
-                "lower --lr, or raise --warmup; resume from the last checkpoint with --resume");
-    model.backward(ctx, train_acts, {});
-    const double norm = optim::clip_grad_norm(ctx, arena, o.clip);
-    RESBM_CHECK(std::isfinite(norm), cat("gradient norm is ", norm, " at step ", step),
-                "lower --lr; resume from the last checkpoint with --resume");
     const float lr_scale = optim::lr_multiplier(step, std::min(o.warmup, o.steps), o.steps, float(o.min_lr_ratio));
-    opt.step(ctx, arena, lr_scale);
+    const auto [loss, norm] = pipe.train_step(ctx, train_data, step, o.micro_batches, opts, lr_scale, o.clip, o.seed);
     train_time += now_s() - t0;
     ++trained;
 
@@ -139,12 +155,12 @@ int train(const Options& o, Opt& opt, const nn::LlamaConfig& cfg, nn::Llama<floa
     progress.update(step + 1, loss, tps, now_s() - t_run);
     io::Json rec = io::Json::object();
     rec.set("step", step + 1);
-    rec.set("train_loss", double(loss));
+    rec.set("train_loss", loss);
     rec.set("lr_scale", double(lr_scale));
     rec.set("grad_norm", norm);
     rec.set("tokens_per_s", tps);
     if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && step + 1 < o.steps) {
-      val_loss = evaluate();
+      val_loss = pipe.evaluate(ctx, val_data, o.eval_batches);
       rec.set("val_loss", val_loss);
       std::fprintf(stderr, "\nstep %lld: val_loss %.4f\n", (long long)(step + 1), val_loss);
     }
@@ -156,7 +172,7 @@ int train(const Options& o, Opt& opt, const nn::LlamaConfig& cfg, nn::Llama<floa
     }
   }
   progress.finish();
-  val_loss = evaluate();
+  val_loss = pipe.evaluate(ctx, val_data, o.eval_batches);
   if (metrics) {
     io::Json rec = io::Json::object();
     rec.set("step", o.steps);
@@ -165,20 +181,31 @@ int train(const Options& o, Opt& opt, const nn::LlamaConfig& cfg, nn::Llama<floa
   }
   if (!o.save.empty()) save(o.steps);
 
+  const pipeline::WireCount& wire = pipe.wire();
   io::Json result = io::Json::object();
   result.set("val_loss", val_loss);
   result.set("train_loss", recent ? recent_loss / double(recent) : NAN);
   result.set("tokens_per_s", trained ? double(trained * tokens_per_step) / train_time : 0.0);
   result.set("steps", o.steps);
-  result.set("params", arena.count());
+  result.set("params", pipe.params());
   result.set("d_model", cfg.d_model);
   result.set("n_layers", cfg.n_layers);
   result.set("n_heads", cfg.n_heads);
   result.set("seq_len", cfg.seq_len);
   result.set("batch", o.batch);
+  result.set("micro_batches", o.micro_batches);
   result.set("ffn", cfg.ffn_hidden());
   result.set("vocab", cfg.vocab);
   result.set("optimizer", o.optimizer);
+  result.set("stages", o.stages);
+  if (o.stages > 1) {
+    result.set("codec", o.codec);
+    result.set("rank", o.rank);
+    result.set("wire_bytes_per_token", wire.bytes_per_token());
+    result.set("wire_bytes_forward", wire.forward_bytes);
+    result.set("wire_bytes_backward", wire.backward_bytes);
+    result.set("compression_ratio", pipeline::compression_ratio(wire, cfg.d_model));
+  }
   result.set("threads", ctx.threads);
   result.set("seed", double(o.seed));
   result.set("wall_s", now_s() - t_run);
@@ -206,6 +233,10 @@ int run(int argc, char** argv) {
       .flag("weight-decay", &o.weight_decay, "decoupled weight decay (AdamW entries)")
       .flag("clip", &o.clip, "global gradient-norm clip (0 = off)")
       .flag("optimizer", &o.optimizer, "adamw or muon")
+      .flag("stages", &o.stages, "pipeline stages the layers are split into")
+      .flag("codec", &o.codec, "boundary codec between stages: dense, fp32, int8, resbm-linear, resbm, subspace")
+      .flag("rank", &o.rank, "bottleneck width r of resbm, resbm-linear, subspace (1, 2, 4, 8, 16, 32, 64)")
+      .flag("micro-batches", &o.micro_batches, "micro-batches per step (gradient accumulation); divides --batch")
       .flag("seed", &o.seed, "seed of weights and batch sampling")
       .flag("threads", &o.threads, "CPU threads (0 = all)")
       .flag("eval-every", &o.eval_every, "validate every N steps (0 = only at the end)")
@@ -238,24 +269,13 @@ int run(int argc, char** argv) {
   cfg.n_heads = o.heads;
   cfg.seq_len = o.seq;
   cfg.ffn = o.ffn;
-  ParamArena<float> arena;
-  nn::Llama<float> model(cfg, arena);
-  arena.allocate();
-  model.init(o.seed);
-
-  optim::AdamWConfig adam;
-  adam.weight_decay = float(o.weight_decay);
-  if (o.optimizer == "adamw") {
-    adam.lr = o.lr > 0 ? float(o.lr) : 2e-3f;
-    optim::AdamW opt(arena, adam);
-    return train(o, opt, cfg, model, arena, ctx, split);
-  }
-  adam.lr = o.adam_lr > 0 ? float(o.adam_lr) : 2e-3f;
-  optim::MuonConfig muon;
-  muon.lr = o.lr > 0 ? float(o.lr) : 0.02f;
-  muon.adamw = adam;
-  optim::Muon opt(arena, muon);
-  return train(o, opt, cfg, model, arena, ctx, split);
+  RESBM_CHECK(o.micro_batches >= 1 && o.batch % o.micro_batches == 0,
+              cat("--micro-batches ", o.micro_batches, " does not divide --batch ", o.batch),
+              "pick --micro-batches among the divisors of --batch");
+  if (o.stages == 1) return train<codec::presets::DenseFp32>(o, cfg, ctx, split);  // no boundary
+  int rc = 0;
+  codec::with_codec(o.codec, o.rank, [&]<class Codec>() { rc = train<Codec>(o, cfg, ctx, split); });
+  return rc;
 }
 
 }  // namespace

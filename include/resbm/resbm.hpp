@@ -16,3 +16,5 @@
 #include "resbm/nn/llama.hpp"
 #include "resbm/ops/cpu/ops.hpp"
 #include "resbm/optim/optim.hpp"
+#include "resbm/codec/codec.hpp"
+#include "resbm/pipeline/local.hpp"
