@@ -248,6 +248,21 @@ inline constexpr size_t kReservedOffset = 40;
 
 using HeaderBytes = std::array<std::byte, kHeaderSize>;
 
+// The first 4 bytes of a frame. A stream reader checks them as soon as they arrive: a
+// client of another protocol that sends a short request and waits is then told "wrong
+// port" at once, instead of timing out waiting for a 48-byte header.
+inline void check_magic(const std::byte* p) {
+  using namespace detail;
+  if (get32(p) == kMagic) return;
+  std::string seen;
+  for (int i = 0; i < 4; ++i) {
+    unsigned c = unsigned(p[i]);
+    seen += (c >= 0x20 && c < 0x7f) ? std::string(1, char(c)) : cat("\\x", hex32(c).substr(8));
+  }
+  fail(cat("frame starts with \"", seen, "\" instead of \"RSBM\": not a resbm peer or wrong port"),
+       "point this stage at the address and port of a resbm stage");
+}
+
 // Writes the 48 header bytes, header crc included, from `h` as given (payload_len and crc
 // are taken as they are: links set them from the payload).
 inline void encode_header(const FrameHeader& h, std::byte* out) {
@@ -279,16 +294,7 @@ inline FrameHeader decode_header(const std::byte* p, size_t n, const Limits& lim
   using namespace detail;
   RESBM_CHECK(n >= kHeaderSize, cat("frame header truncated: ", n, " of ", kHeaderSize, " bytes"),
               "the connection dropped mid-frame; check the peer's log");
-  uint32_t magic = get32(p);
-  if (magic != kMagic) {
-    std::string seen;
-    for (int i = 0; i < 4; ++i) {
-      unsigned c = unsigned(p[i]);
-      seen += (c >= 0x20 && c < 0x7f) ? std::string(1, char(c)) : cat("\\x", hex32(c).substr(8));
-    }
-    fail(cat("frame starts with \"", seen, "\" instead of \"RSBM\": not a resbm peer or wrong port"),
-         "point this stage at the address and port of a resbm stage");
-  }
+  check_magic(p);
   uint16_t version = get16(p + 4);
   RESBM_CHECK(version == kFrameVersion,
               cat("peer speaks frame format version ", version, " but this build speaks version ",
