@@ -42,6 +42,8 @@ enum class Kind : uint16_t {
   handshake_ack = 4,
   shutdown = 5,
   heartbeat = 6,
+  control = 7,          // small per-step exchanges of the runner (gradient-norm reduction)
+  eval_activation = 8,  // forward-only traffic of validation, kept apart from training's
 };
 
 inline const char* kind_name(Kind k) {
@@ -52,11 +54,13 @@ inline const char* kind_name(Kind k) {
     case Kind::handshake_ack: return "handshake_ack";
     case Kind::shutdown: return "shutdown";
     case Kind::heartbeat: return "heartbeat";
+    case Kind::control: return "control";
+    case Kind::eval_activation: return "eval_activation";
   }
   return "unknown";
 }
 
-inline bool valid_kind(uint16_t k) { return k >= 1 && k <= 6; }
+inline bool valid_kind(uint16_t k) { return k >= 1 && k <= 8; }
 
 // What a receiver accepts. The bound protects memory: a declared length above it is
 // refused before anything is allocated.
