@@ -1,0 +1,286 @@
+#pragma once
+// Runs one pipeline stage: executes its schedule's action list every step, talking to its
+// neighbours only through links (in-process queues between threads, or sockets between
+// processes — the same code). Sends go through a thread of their own so compute never
+// waits for the wire; receives block only when the schedule needs the data, while the
+// OS (or the in-process queue) keeps receiving in the background.
+//
+// The gradient-norm clip is global, as in one process: stage 0 starts a running sum of
+// squared norms that each stage extends and passes on; the last stage takes the root and
+// sends it back down the chain. The sum runs in stage order, the same order of the same
+// float operations as LocalPipeline, so a pipeline with fp32 wire matches it bit for bit.
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "resbm/data/sampler.hpp"
+#include "resbm/optim/any.hpp"
+#include "resbm/optim/clip.hpp"
+#include "resbm/pipeline/schedule.hpp"
+#include "resbm/pipeline/stage.hpp"
+#include "resbm/transport/any_link.hpp"
+
+namespace resbm::pipeline {
+
+struct RunnerOptions {
+  std::string schedule = "1f1b";
+  int micro_batches = 1;
+  double clip = 1.0;
+  uint64_t seed = 1;
+  std::chrono::milliseconds timeout{120'000};
+};
+
+// Posts frames to links from a thread of its own, in order. An error there is rethrown
+// to the stage at its next post() or flush().
+class Sender {
+ public:
+  Sender() : thread_([this] { loop(); }) {}
+  Sender(const Sender&) = delete;
+  Sender& operator=(const Sender&) = delete;
+  ~Sender() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  void post(transport::AnyLink& link, const transport::FrameHeader& h, std::span<const std::byte> payload) {
+    std::lock_guard lk(mu_);
+    rethrow_locked();
+    queue_.push_back({&link, h, std::vector<std::byte>(payload.begin(), payload.end())});
+    cv_.notify_all();
+  }
+
+  // Waits until every posted frame has been handed to its link.
+  void flush() {
+    std::unique_lock lk(mu_);
+    idle_.wait(lk, [&] { return (queue_.empty() && !busy_) || error_; });
+    rethrow_locked();
+  }
+
+ private:
+  struct Item {
+    transport::AnyLink* link;
+    transport::FrameHeader header;
+    std::vector<std::byte> payload;
+  };
+
+  void rethrow_locked() {
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+  }
+
+  void loop() {
+    std::unique_lock lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ and drained
+      Item item = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      lk.unlock();
+      std::exception_ptr err;
+      try {
+        item.link->send(item.header, item.payload);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      lk.lock();
+      busy_ = false;
+      if (err && !error_) error_ = err;
+      if (err) queue_.clear();
+      idle_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, idle_;
+  std::deque<Item> queue_;
+  bool stop_ = false, busy_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: starts after the members it uses exist
+};
+
+template <class Codec>
+class StageRunner {
+ public:
+  StageRunner(StageModel<Codec>& stage, optim::AnyOptimizer& opt, transport::AnyLink* prev, transport::AnyLink* next,
+              const Context& ctx, RunnerOptions o, int64_t micro_batch)
+      : stage_(stage), opt_(opt), prev_(prev), next_(next), ctx_(ctx), o_(std::move(o)), micro_batch_(micro_batch),
+        actions_(actions(o_.schedule, stage.stage(), stage.n_stages(), o_.micro_batches)) {
+    RESBM_CHECK(stage.first() == (prev == nullptr) && stage.last() == (next == nullptr),
+                cat("stage ", stage.stage(), " of ", stage.n_stages(), " needs ", stage.first() ? "no" : "a",
+                    " previous and ", stage.last() ? "no" : "a", " next link"),
+                "connect each stage to its neighbours only");
+    for (int m = 0; m < o_.micro_batches; ++m) mbs_.push_back(stage.make_micro_batch(micro_batch));
+    act_in_.resize(size_t(o_.micro_batches));
+    grad_in_.resize(size_t(o_.micro_batches));
+  }
+
+  // One optimizer step over the step's batch. Returns the mean loss (last stage; NaN on
+  // the others) and the global gradient norm before clipping.
+  std::pair<double, double> train_step(const data::BatchSampler& sampler, int64_t step, float lr_scale) {
+    const int stage = stage_.stage();
+    sample(sampler, step);
+    double loss = 0;
+    for (const Action& a : actions_) {
+      const size_t m = size_t(a.micro_batch);
+      switch (a.op) {
+        case Op::recv_activation:
+          act_in_[m] = receive(*prev_, transport::Kind::activation, step, a.micro_batch);
+          break;
+        case Op::forward: {
+          load(a.micro_batch);
+          const float l = stage_.forward(ctx_, mbs_[m], act_in_[m]);
+          if (stage_.last()) {
+            RESBM_CHECK(std::isfinite(l), cat("loss is ", l, " at step ", step, " (micro-batch ", m, ")"),
+                        "lower --lr or raise --warmup; resume from the last checkpoint with --resume");
+            loss += double(l) / o_.micro_batches;
+          }
+          break;
+        }
+        case Op::send_activation:
+          sender_.post(*next_, header(transport::Kind::activation, step, a.micro_batch), mbs_[m].wire);
+          break;
+        case Op::recv_gradient:
+          grad_in_[m] = receive(*next_, transport::Kind::gradient, step, a.micro_batch);
+          break;
+        case Op::backward:
+          stage_.backward(ctx_, mbs_[m], grad_in_[m], 1.0f / float(o_.micro_batches));
+          break;
+        case Op::send_gradient:
+          sender_.post(*prev_, header(transport::Kind::gradient, step, a.micro_batch), mbs_[m].grad);
+          break;
+        case Op::optimizer_step: {
+          const double norm = global_norm(step);
+          RESBM_CHECK(std::isfinite(norm), cat("gradient norm is ", norm, " at step ", step, " (stage ", stage, ")"),
+                      "lower --lr; resume from the last checkpoint with --resume");
+          if (o_.clip > 0 && norm > o_.clip) {
+            const float coef = float(o_.clip / (norm + 1e-6));
+            float* g = stage_.arena().grads();
+            for (size_t i = 0; i < stage_.arena().size(); ++i) g[i] *= coef;
+          }
+          opt_.step(ctx_, stage_.arena(), lr_scale);
+          stage_.constrain(o_.seed);
+          stage_.arena().zero_grad();
+          return {stage_.last() ? loss : NAN, norm};
+        }
+      }
+    }
+    fail("schedule without an optimizer step", "report this: every schedule ends with one");
+  }
+
+  // Mean validation loss over the first `batches` evaluation batches: forward only, in
+  // order (last stage; NaN on the others).
+  double evaluate(const data::BatchSampler& sampler, int64_t batches) {
+    const int64_t n = std::min<int64_t>(batches, sampler.eval_batches());
+    const int per_batch = int(sampler.batch_size() / micro_batch_);
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      tokens_.resize(size_t(sampler.batch_size() * stage_.model().config().seq_len));
+      targets_.resize(tokens_.size());
+      sampler.eval_batch(i, tokens_.data(), targets_.data());
+      for (int m = 0; m < per_batch; ++m) {
+        load(m, 0);
+        std::vector<std::byte> in;
+        if (prev_) in = receive(*prev_, transport::Kind::eval_activation, i, m);
+        const float l = stage_.forward(ctx_, mbs_[0], in);
+        if (next_) sender_.post(*next_, header(transport::Kind::eval_activation, i, m), mbs_[0].wire);
+        sum += double(l) / per_batch;
+      }
+    }
+    sender_.flush();
+    return stage_.last() ? sum / double(n) : NAN;
+  }
+
+  // Every posted frame handed to its link (call before closing links or reading stats).
+  void flush() { sender_.flush(); }
+  // Wall seconds the compute thread spent blocked waiting for a neighbour.
+  double wait_seconds() const { return wait_s_; }
+
+ private:
+  transport::FrameHeader header(transport::Kind kind, int64_t step, int micro_batch) const {
+    transport::FrameHeader h;
+    h.kind = kind;
+    h.step = uint64_t(step);
+    h.micro_batch = uint32_t(micro_batch);
+    h.stream = uint32_t(stage_.stage());
+    return h;
+  }
+
+  std::vector<std::byte> receive(transport::AnyLink& link, transport::Kind kind, int64_t step, int micro_batch) {
+    const auto t0 = std::chrono::steady_clock::now();
+    transport::Message msg = link.recv(kind, o_.timeout);
+    wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    RESBM_CHECK(msg.header.step == uint64_t(step) && msg.header.micro_batch == uint32_t(micro_batch),
+                cat("stage ", stage_.stage(), " expected ", transport::kind_name(kind), " of step ", step,
+                    ", micro-batch ", micro_batch, " from ", link.peer(), " but got step ", msg.header.step,
+                    ", micro-batch ", msg.header.micro_batch),
+                "run every stage with the same --schedule, --micro-batches and --batch, resumed from the same step");
+    return std::move(msg.payload);
+  }
+
+  void sample(const data::BatchSampler& sampler, int64_t step) {
+    tokens_.resize(size_t(sampler.batch_size() * stage_.model().config().seq_len));
+    targets_.resize(tokens_.size());
+    sampler.batch(step, tokens_.data(), targets_.data());
+  }
+
+  // Copies micro-batch m's token ids and targets into micro-batch slot `slot` (m by default).
+  void load(int m, int slot = -1) {
+    auto& acts = mbs_[size_t(slot < 0 ? m : slot)].acts;
+    const size_t N = size_t(micro_batch_) * size_t(stage_.model().config().seq_len), off = size_t(m) * N;
+    std::memcpy(acts.tokens.data(), tokens_.data() + off, N * sizeof(int32_t));
+    std::memcpy(acts.targets.data(), targets_.data() + off, N * sizeof(int32_t));
+  }
+
+  static std::span<const std::byte> bytes_of(const double& x) {
+    return {reinterpret_cast<const std::byte*>(&x), sizeof(double)};
+  }
+  double receive_double(transport::AnyLink& link, int64_t step) {
+    std::vector<std::byte> p = receive(link, transport::Kind::control, step, 0);
+    RESBM_CHECK(p.size() == sizeof(double), cat("control frame of ", p.size(), " bytes from ", link.peer()),
+                "run the same resbm version on every stage");
+    double x;
+    std::memcpy(&x, p.data(), sizeof x);
+    return x;
+  }
+
+  double global_norm(int64_t step) {
+    const double n = optim::clip_grad_norm(ctx_, stage_.arena(), 0.0);
+    double sq = prev_ ? receive_double(*prev_, step) : 0.0;
+    sq += n * n;
+    double norm;
+    if (next_) {
+      sender_.post(*next_, header(transport::Kind::control, step, 0), bytes_of(sq));
+      norm = receive_double(*next_, step);
+    } else {
+      norm = std::sqrt(sq);
+    }
+    if (prev_) sender_.post(*prev_, header(transport::Kind::control, step, 0), bytes_of(norm));
+    return norm;
+  }
+
+  StageModel<Codec>& stage_;
+  optim::AnyOptimizer& opt_;
+  transport::AnyLink* prev_;
+  transport::AnyLink* next_;
+  const Context& ctx_;
+  RunnerOptions o_;
+  int64_t micro_batch_;
+  std::vector<Action> actions_;
+  std::vector<typename StageModel<Codec>::MicroBatch> mbs_;
+  std::vector<std::vector<std::byte>> act_in_, grad_in_;
+  std::vector<int32_t> tokens_, targets_;
+  double wait_s_ = 0;
+  Sender sender_;  // last: its thread stops before the buffers it reads go away
+};
+
+}  // namespace resbm::pipeline

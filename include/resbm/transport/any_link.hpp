@@ -1,0 +1,50 @@
+#pragma once
+// A Link chosen at run time (in-process, TCP, TLS, shaped or not) behind one type, so the
+// pipeline runner is compiled once per codec rather than once per codec and link.
+#include <memory>
+#include <utility>
+
+#include "resbm/transport/concepts.hpp"
+
+namespace resbm::transport {
+
+class AnyLink {
+ public:
+  AnyLink() = default;
+  template <Link L>
+    requires(!std::is_same_v<std::decay_t<L>, AnyLink>)
+  explicit AnyLink(L link) : impl_(std::make_unique<Model<L>>(std::move(link))) {}
+
+  explicit operator bool() const { return bool(impl_); }
+  void send(const FrameHeader& h, std::span<const std::byte> payload) { impl_->send(h, payload); }
+  Message recv(Kind expected, std::chrono::milliseconds timeout) { return impl_->recv(expected, timeout); }
+  void close() {
+    if (impl_) impl_->close();
+  }
+  std::string peer() const { return impl_ ? impl_->peer() : std::string("(none)"); }
+  LinkStats stats() const { return impl_ ? impl_->stats() : LinkStats{}; }
+
+ private:
+  struct Concept {
+    virtual ~Concept() = default;
+    virtual void send(const FrameHeader&, std::span<const std::byte>) = 0;
+    virtual Message recv(Kind, std::chrono::milliseconds) = 0;
+    virtual void close() = 0;
+    virtual std::string peer() const = 0;
+    virtual LinkStats stats() const = 0;
+  };
+  template <class L>
+  struct Model final : Concept {
+    explicit Model(L l) : link(std::move(l)) {}
+    void send(const FrameHeader& h, std::span<const std::byte> p) override { link.send(h, p); }
+    Message recv(Kind k, std::chrono::milliseconds t) override { return link.recv(k, t); }
+    void close() override { link.close(); }
+    std::string peer() const override { return link.peer(); }
+    LinkStats stats() const override { return link.stats(); }
+    L link;
+  };
+  std::unique_ptr<Concept> impl_;
+};
+static_assert(Link<AnyLink>);
+
+}  // namespace resbm::transport
