@@ -1,0 +1,450 @@
+#pragma once
+// The LLaMA-style decoder of resbm/nn/llama.hpp on the GPU, or a contiguous slice of it
+// (a pipeline stage): optional token embedding, blocks [first, last), optional final
+// RMSNorm + untied head + cross-entropy.
+//
+// Same parameters as nn::Llama<float>: the layout (names, shapes, kinds, offsets, 16-element
+// padding) is declared by an nn::Llama<float> over a host ParamArena that is never
+// allocated, so names and offsets cannot drift apart, and the initial weights are the same
+// Philox draws (bitwise: tests/cuda/test_cuda_model.cu checks it).
+//
+// Precision: fp32 master weights, fp32 gradients (accumulated by cuBLASLt with beta = 1)
+// and fp32 AdamW state, all in the arena layout; a bf16 copy of the weights that the
+// forward and backward read (AdamW refreshes it); bf16 activations, residual stream and
+// activation gradients; fp32 accumulation in every matmul, norm, softmax and the loss.
+//
+// Everything is asynchronous on ctx.stream except mean_loss() and grad_norm(), which read
+// one number back.
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "resbm/core/arena.hpp"
+#include "resbm/core/rng.hpp"
+#include "resbm/cuda.cuh"
+#include "resbm/nn/llama.hpp"
+#include "resbm/optim/adamw.hpp"
+
+namespace resbm::nn {
+
+// What one block keeps between forward and backward (bf16 unless noted).
+struct CudaBlockActivations {
+  DeviceBuffer<bf16> ln1, q, k, v, att, mid, ln2, gate, up, h;
+  DeviceBuffer<float> rstd1, rstd2, cache;
+};
+
+// Everything one micro-batch keeps between forward and backward.
+struct CudaLlamaActivations {
+  int64_t batch = 0;
+  DeviceBuffer<int32_t> tokens, targets;  // [N]
+  DeviceBuffer<bf16> input;               // x entering the first block [N, C]
+  std::vector<DeviceBuffer<bf16>> outs;   // output of each block [N, C]
+  std::vector<CudaBlockActivations> blocks;
+  DeviceBuffer<bf16> norm, logits;  // head only: [N, C], [N, V]
+  DeviceBuffer<float> rstd, losses;  // head only: [N], [N]
+  DeviceBuffer<bf16> dres;           // residual gradient [N, C]
+};
+
+namespace cuda_detail_llama {
+
+// Deterministic Σ g² over a flat fp32 array: fixed grid, each block writes one partial, one
+// block adds the partials in order (double), so the norm does not vary from run to run.
+constexpr int kNormBlocks = 1024, kNormThreads = 256;
+
+__global__ void sumsq_partial(double* __restrict__ partial, const float* __restrict__ g, int64_t n) {
+  __shared__ double sh[kNormThreads];
+  double s = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const double x = g[i];
+    s += x * x;
+  }
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = kNormThreads / 2; o > 0; o >>= 1) {
+    if (int(threadIdx.x) < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+}
+
+__global__ void sumsq_final(double* __restrict__ out, const double* __restrict__ partial, int n) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += partial[i];
+  *out = s;
+}
+
+// How nn::Block::init and nn::Llama::init draw an entry, from its name and kind: gains are
+// 1, the two projections that write the residual stream use 0.02/sqrt(2·layers), the rest
+// 0.02. Kept as a rule here (not a call) so the draw can run on all host cores.
+inline float init_std(const ParamInfo& p, int n_layers) {
+  auto ends_with = [&](std::string_view suffix) {
+    return p.name.size() >= suffix.size() && p.name.compare(p.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with("attn.wo.weight") || ends_with("mlp.w2.weight")) return float(0.02 / std::sqrt(2.0 * n_layers));
+  return 0.02f;
+}
+
+}  // namespace cuda_detail_llama
+
+class CudaLlama {
+ public:
+  CudaLlama(CudaContext& ctx, const LlamaConfig& c, LayerRange r = {})
+      : ctx_(&ctx), c_(c), r_(r), decl_(c, layout_, r), rope_(c.seq_len, c.head_dim(), double(c.rope_theta)) {
+    r_ = decl_.range();
+    const int64_t hd = c.head_dim();
+    RESBM_CHECK(hd == 32 || hd == 64 || hd == 128,
+                cat("head dimension ", hd, " (d_model ", c.d_model, " / heads ", c.n_heads, ") is not 32, 64 or 128"),
+                "choose --d-model / --heads in {32, 64, 128} for the CUDA model");
+    RESBM_CHECK(c.d_model % 8 == 0 && c.ffn_hidden() % 8 == 0 && c.vocab % 8 == 0,
+                cat("d_model ", c.d_model, ", ffn ", c.ffn_hidden(), ", vocab ", c.vocab,
+                    ": the CUDA model needs multiples of 8 (16-byte rows for cuBLASLt)"),
+                "use the byte tokenizer (256) or pad the vocabulary, and widths divisible by 8");
+    const auto& infos = layout_.infos();
+    auto idx = [&](const std::string& name) { return layout_.find(name); };
+    if (r_.embed) emb_ = idx("tok_embeddings.weight");
+    for (int l = r_.first; l < r_.last; ++l) {
+      const std::string p = "blocks." + std::to_string(l) + ".";
+      blocks_.push_back({idx(p + "attn_norm.weight"), idx(p + "attn.wq.weight"), idx(p + "attn.wk.weight"),
+                         idx(p + "attn.wv.weight"), idx(p + "attn.wo.weight"), idx(p + "mlp_norm.weight"),
+                         idx(p + "mlp.w1.weight"), idx(p + "mlp.w3.weight"), idx(p + "mlp.w2.weight")});
+    }
+    if (r_.head) {
+      norm_ = idx("norm.weight");
+      head_ = idx("output.weight");
+    }
+    n_ = layout_.size();
+    (void)infos;
+    params_.resize(n_);
+    params16_.resize(n_);
+    grads_.resize(n_);
+    params_.zero(ctx.stream);
+    params16_.zero(ctx.stream);
+    grads_.zero(ctx.stream);
+  }
+  CudaLlama(const CudaLlama&) = delete;
+  CudaLlama& operator=(const CudaLlama&) = delete;
+
+  const LlamaConfig& config() const { return c_; }
+  const LayerRange& range() const { return r_; }
+  // Names, shapes, kinds and offsets of the parameters (the arena is not allocated).
+  const ParamArena<float>& layout() const { return layout_; }
+  size_t size() const { return n_; }  // elements of the flat arrays, padding included
+  size_t count() const { return layout_.count(); }
+
+  float* params() { return params_.data(); }
+  float* grads() { return grads_.data(); }
+  bf16* params_bf16() { return params16_.data(); }
+  const float* grads() const { return grads_.data(); }
+
+  // The initial weights of nn::Llama<float>::init(seed), drawn on the host cores.
+  void init(uint64_t seed) {
+    std::vector<float> host(n_, 0.0f);
+    for (const ParamInfo& p : layout_.infos()) {
+      float* dst = host.data() + p.offset;
+      const int64_t n = int64_t(p.numel);
+      if (p.kind == ParamKind::gain) {
+        for (int64_t i = 0; i < n; ++i) dst[i] = 1.0f;
+        continue;
+      }
+      const float std = cuda_detail_llama::init_std(p, c_.n_layers);
+      const uint64_t stream = name_stream(p.name);
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) dst[i] = float(Philox::normal(seed, stream, uint64_t(i))) * std;
+    }
+    upload_params(host);
+  }
+
+  // Replaces the fp32 weights (arena layout, size() elements) and refreshes the bf16 copy.
+  void upload_params(const std::vector<float>& host) {
+    RESBM_CHECK(host.size() == n_, cat("upload of ", host.size(), " parameters into a model of ", n_),
+                "pass an array in the model's arena layout (layout().size() elements)");
+    params_.from_host(host.data(), n_);
+    ops::cast_to_bf16(*ctx_, params16_.view({int64_t(n_)}), CudaTensor<const float>(params_.data(), {int64_t(n_)}));
+  }
+  std::vector<float> download_params() const { return params_.to_host(); }
+  std::vector<float> download_grads() const { return grads_.to_host(); }
+
+  void zero_grad() { grads_.zero(ctx_->stream); }
+
+  CudaLlamaActivations make_activations(int64_t batch) const {
+    RESBM_CHECK(batch > 0, cat("batch ", batch, " must be positive"), "pass --batch 1 or more");
+    const size_t N = size_t(batch * c_.seq_len), C = size_t(c_.d_model), F = size_t(c_.ffn_hidden());
+    CudaLlamaActivations s;
+    s.batch = batch;
+    s.tokens.resize(N);
+    s.targets.resize(N);
+    s.input.resize(N * C);
+    s.dres.resize(N * C);
+    s.outs.resize(blocks_.size());
+    s.blocks.resize(blocks_.size());
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      s.outs[i].resize(N * C);
+      CudaBlockActivations& b = s.blocks[i];
+      for (DeviceBuffer<bf16>* x : {&b.ln1, &b.q, &b.k, &b.v, &b.att, &b.mid, &b.ln2}) x->resize(N * C);
+      for (DeviceBuffer<bf16>* x : {&b.gate, &b.up, &b.h}) x->resize(N * F);
+      b.rstd1.resize(N);
+      b.rstd2.resize(N);
+      b.cache.resize(size_t(ops::cuda_attention_cache_size(batch, c_.seq_len, c_.n_heads)));
+    }
+    if (r_.head) {
+      s.norm.resize(N * C);
+      s.rstd.resize(N);
+      s.logits.resize(N * size_t(c_.vocab));
+      s.losses.resize(N);
+    }
+    return s;
+  }
+
+  // Copies a batch of token ids (and targets, for head slices) from the host.
+  void set_batch(CudaLlamaActivations& s, const int32_t* tokens, const int32_t* targets) const {
+    const size_t N = size_t(s.batch * c_.seq_len);
+    if (tokens)
+      RESBM_CUDA_CHECK(cudaMemcpyAsync(s.tokens.data(), tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                       ctx_->stream));
+    if (targets)
+      RESBM_CUDA_CHECK(cudaMemcpyAsync(s.targets.data(), targets, N * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                       ctx_->stream));
+  }
+
+  // Embedding slices read s.tokens; others s.input. Head slices leave per-token losses in
+  // s.losses (mean_loss reads them); others their output in output(s).
+  void forward(CudaLlamaActivations& s) {
+    CudaContext& ctx = *ctx_;
+    const int64_t B = s.batch, N = B * c_.seq_len, C = c_.d_model;
+    if (r_.embed) ops::embedding_forward(ctx, s.input.view({N, C}), s.tokens.view({N}), p16(emb_));
+    const bf16* x = s.input.data();
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      block_forward(blocks_[i], s.blocks[i], x, s.outs[i].data(), B);
+      x = s.outs[i].data();
+    }
+    if (!r_.head) return;
+    ops::rmsnorm_forward(ctx, s.norm.view({N, C}), s.rstd.view({N}), cview(x, {N, C}), p16(norm_), c_.norm_eps);
+    ops::matmul_forward<bf16>(ctx, s.logits.view({N, c_.vocab}), cview(s.norm.data(), {N, C}), p16(head_));
+    ops::cross_entropy_forward(ctx, s.losses.view({N}), cview(s.logits.data(), {N, c_.vocab}),
+                               CudaTensor<const int32_t>(s.targets.data(), {N}));
+  }
+
+  // The mean loss of the last forward (head slices; synchronises).
+  double mean_loss(CudaLlamaActivations& s) const {
+    const int64_t N = s.batch * c_.seq_len;
+    return ops::cross_entropy_mean(*ctx_, CudaTensor<const float>(s.losses.data(), {N}));
+  }
+
+  CudaTensor<bf16> output(CudaLlamaActivations& s) const {
+    const int64_t N = s.batch * c_.seq_len;
+    return blocks_.empty() ? s.input.view({N, c_.d_model}) : s.outs.back().view({N, c_.d_model});
+  }
+  CudaTensor<bf16> input_grad(CudaLlamaActivations& s) const {
+    return s.dres.view({s.batch * c_.seq_len, c_.d_model});
+  }
+
+  // Head slices start from the mean loss scaled by loss_scale; others from dout = dL/d
+  // output(s) (device, bf16 [N, C]). Parameter gradients accumulate (+=) into grads().
+  void backward(CudaLlamaActivations& s, const bf16* dout = nullptr, float loss_scale = 1.0f) {
+    CudaContext& ctx = *ctx_;
+    const int64_t B = s.batch, N = B * c_.seq_len, C = c_.d_model, V = c_.vocab;
+    reserve_scratch(B);
+    auto dres = s.dres.view({N, C});
+    if (r_.head) {
+      const bf16* x = output(s).data;
+      auto dl = dlogits_.view({N, V});
+      ops::cross_entropy_backward(ctx, dl, cview(s.logits.data(), {N, V}), CudaTensor<const int32_t>(s.targets.data(), {N}),
+                                  loss_scale / float(N));
+      auto dnorm = dln_.view({N, C});
+      ops::matmul_backward(ctx, dnorm, g32(head_), cview(dl.data, {N, V}), cview(s.norm.data(), {N, C}), p16(head_),
+                           false);
+      s.dres.zero(ctx.stream);
+      ops::rmsnorm_backward(ctx, dres, g32(norm_), cview(dnorm.data, {N, C}), cview(x, {N, C}), p16(norm_),
+                            CudaTensor<const float>(s.rstd.data(), {N}));
+    } else {
+      RESBM_CHECK(dout != nullptr, "backward of a slice without the head needs dout", "pass dL/d output(s)");
+      RESBM_CUDA_CHECK(cudaMemcpyAsync(s.dres.data(), dout, size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                       ctx.stream));
+    }
+    for (size_t i = blocks_.size(); i-- > 0;) {
+      const bf16* x = i == 0 ? s.input.data() : s.outs[i - 1].data();
+      block_backward(blocks_[i], s.blocks[i], x, dres.data, B);
+    }
+    if (r_.embed)
+      ops::embedding_backward(ctx, g32(emb_), CudaTensor<const int32_t>(s.tokens.data(), {N}), cview(dres.data, {N, C}));
+  }
+
+  // ‖grads‖₂ over the whole arena (deterministic; synchronises).
+  double grad_norm() {
+    using namespace cuda_detail_llama;
+    auto* partial = static_cast<double*>(ctx_->scratch((kNormBlocks + 1) * sizeof(double)));
+    sumsq_partial<<<kNormBlocks, kNormThreads, 0, ctx_->stream>>>(partial, grads_.data(), int64_t(n_));
+    RESBM_CUDA_LAUNCH_CHECK();
+    sumsq_final<<<1, 32, 0, ctx_->stream>>>(partial + kNormBlocks, partial, kNormBlocks);
+    RESBM_CUDA_LAUNCH_CHECK();
+    double sq = 0;
+    RESBM_CUDA_CHECK(cudaMemcpyAsync(&sq, partial + kNormBlocks, sizeof(double), cudaMemcpyDeviceToHost, ctx_->stream));
+    ctx_->synchronize();
+    return std::sqrt(sq);
+  }
+
+ private:
+  struct BlockParams {
+    size_t ln1, wq, wk, wv, wo, ln2, w1, w3, w2;
+  };
+
+  static CudaTensor<const bf16> cview(const bf16* p, std::initializer_list<int64_t> dims) {
+    return CudaTensor<const bf16>(p, dims);
+  }
+  CudaTensor<const bf16> p16(size_t i) const {
+    const ParamInfo& p = layout_.info(i);
+    CudaTensor<const bf16> t;
+    t.data = params16_.data() + p.offset;
+    t.shape = p.shape;
+    t.rank = p.rank;
+    return t;
+  }
+  CudaTensor<float> g32(size_t i) {
+    const ParamInfo& p = layout_.info(i);
+    CudaTensor<float> t;
+    t.data = grads_.data() + p.offset;
+    t.shape = p.shape;
+    t.rank = p.rank;
+    return t;
+  }
+
+  void reserve_scratch(int64_t B) {
+    if (B <= scratch_batch_) return;
+    scratch_batch_ = B;
+    const size_t N = size_t(B * c_.seq_len), C = size_t(c_.d_model), F = size_t(c_.ffn_hidden());
+    for (DeviceBuffer<bf16>* x : {&dln_, &datt_, &dq_, &dk_, &dv_}) x->resize(N * C);
+    for (DeviceBuffer<bf16>* x : {&dh_, &dgate_, &dup_}) x->resize(N * F);
+    if (r_.head) dlogits_.resize(N * size_t(c_.vocab));
+  }
+
+  // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a
+  // copy of the residual, then the GEMM adds into it with beta = 1 (one rounding to bf16).
+  void block_forward(const BlockParams& P, CudaBlockActivations& s, const bf16* x, bf16* y, int64_t B) {
+    CudaContext& ctx = *ctx_;
+    const int64_t T = c_.seq_len, H = c_.n_heads, D = c_.head_dim(), N = B * T, C = c_.d_model, F = c_.ffn_hidden();
+    ops::rmsnorm_forward(ctx, s.ln1.view({N, C}), s.rstd1.view({N}), cview(x, {N, C}), p16(P.ln1), c_.norm_eps);
+    const auto ln1 = cview(s.ln1.data(), {N, C});
+    ops::matmul_forward<bf16>(ctx, s.q.view({N, C}), ln1, p16(P.wq));
+    ops::matmul_forward<bf16>(ctx, s.k.view({N, C}), ln1, p16(P.wk));
+    ops::matmul_forward<bf16>(ctx, s.v.view({N, C}), ln1, p16(P.wv));
+    ops::rope_forward(ctx, s.q.view({B, T, H, D}), rope_);
+    ops::rope_forward(ctx, s.k.view({B, T, H, D}), rope_);
+    ops::attention_forward(ctx, s.att.view({B, T, H, D}), s.cache.view({int64_t(s.cache.size())}),
+                           cview(s.q.data(), {B, T, H, D}), cview(s.k.data(), {B, T, H, D}),
+                           cview(s.v.data(), {B, T, H, D}));
+    RESBM_CUDA_CHECK(cudaMemcpyAsync(s.mid.data(), x, size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice, ctx.stream));
+    ops::gemm<bf16>(ctx, false, true, N, C, C, 1.0f, s.att.data(), C, p16(P.wo).data, C, 1.0f, s.mid.data(), C);
+    ops::rmsnorm_forward(ctx, s.ln2.view({N, C}), s.rstd2.view({N}), cview(s.mid.data(), {N, C}), p16(P.ln2),
+                         c_.norm_eps);
+    const auto ln2 = cview(s.ln2.data(), {N, C});
+    ops::matmul_forward<bf16>(ctx, s.gate.view({N, F}), ln2, p16(P.w1));
+    ops::matmul_forward<bf16>(ctx, s.up.view({N, F}), ln2, p16(P.w3));
+    ops::swiglu_forward(ctx, s.h.view({N, F}), cview(s.gate.data(), {N, F}), cview(s.up.data(), {N, F}));
+    RESBM_CUDA_CHECK(cudaMemcpyAsync(y, s.mid.data(), size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice, ctx.stream));
+    ops::gemm<bf16>(ctx, false, true, N, C, F, 1.0f, s.h.data(), F, p16(P.w2).data, F, 1.0f, y, C);
+  }
+
+  // dres [N, C] holds dL/dy on entry and dL/dx on exit (the norms' backward adds into it).
+  void block_backward(const BlockParams& P, CudaBlockActivations& s, const bf16* x, bf16* dres_p, int64_t B) {
+    CudaContext& ctx = *ctx_;
+    const int64_t T = c_.seq_len, H = c_.n_heads, D = c_.head_dim(), N = B * T, C = c_.d_model, F = c_.ffn_hidden();
+    const auto dres = cview(dres_p, {N, C});
+    // MLP half: y = mid + w2·swiglu(w1·ln2, w3·ln2)
+    ops::matmul_backward(ctx, dh_.view({N, F}), g32(P.w2), dres, cview(s.h.data(), {N, F}), p16(P.w2), false);
+    ops::swiglu_backward(ctx, dgate_.view({N, F}), dup_.view({N, F}), cview(dh_.data(), {N, F}),
+                         cview(s.gate.data(), {N, F}), cview(s.up.data(), {N, F}));
+    const auto ln2 = cview(s.ln2.data(), {N, C});
+    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.w1), cview(dgate_.data(), {N, F}), ln2, p16(P.w1), false);
+    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.w3), cview(dup_.data(), {N, F}), ln2, p16(P.w3), true);
+    ops::rmsnorm_backward(ctx, CudaTensor<bf16>(dres_p, {N, C}), g32(P.ln2), cview(dln_.data(), {N, C}),
+                          cview(s.mid.data(), {N, C}), p16(P.ln2), CudaTensor<const float>(s.rstd2.data(), {N}));
+    // Attention half: mid = x + wo·attn(rope(wq·ln1), rope(wk·ln1), wv·ln1)
+    ops::matmul_backward(ctx, datt_.view({N, C}), g32(P.wo), dres, cview(s.att.data(), {N, C}), p16(P.wo), false);
+    ops::attention_backward(ctx, dq_.view({B, T, H, D}), dk_.view({B, T, H, D}), dv_.view({B, T, H, D}),
+                            cview(datt_.data(), {B, T, H, D}), s.cache.view({int64_t(s.cache.size())}),
+                            cview(s.q.data(), {B, T, H, D}), cview(s.k.data(), {B, T, H, D}),
+                            cview(s.v.data(), {B, T, H, D}), cview(s.att.data(), {B, T, H, D}));
+    ops::rope_backward(ctx, dq_.view({B, T, H, D}), rope_);
+    ops::rope_backward(ctx, dk_.view({B, T, H, D}), rope_);
+    const auto ln1 = cview(s.ln1.data(), {N, C});
+    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.wq), cview(dq_.data(), {N, C}), ln1, p16(P.wq), false);
+    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.wk), cview(dk_.data(), {N, C}), ln1, p16(P.wk), true);
+    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.wv), cview(dv_.data(), {N, C}), ln1, p16(P.wv), true);
+    ops::rmsnorm_backward(ctx, CudaTensor<bf16>(dres_p, {N, C}), g32(P.ln1), cview(dln_.data(), {N, C}),
+                          cview(x, {N, C}), p16(P.ln1), CudaTensor<const float>(s.rstd1.data(), {N}));
+  }
+
+  CudaContext* ctx_;
+  LlamaConfig c_;
+  LayerRange r_;
+  ParamArena<float> layout_;  // declared, never allocated: names, shapes, offsets
+  Llama<float> decl_;         // declares layout_ exactly as the CPU model does
+  ops::CudaRopeTable rope_;
+  std::vector<BlockParams> blocks_;
+  size_t emb_ = 0, norm_ = 0, head_ = 0, n_ = 0;
+  DeviceBuffer<float> params_, grads_;
+  DeviceBuffer<bf16> params16_;
+  DeviceBuffer<bf16> dln_, datt_, dq_, dk_, dv_, dh_, dgate_, dup_, dlogits_;
+  int64_t scratch_batch_ = 0;
+};
+
+// optim::AdamW on the GPU over a CudaLlama's flat arrays: the same update, the same
+// decoupled decay (none for gains), fp32 m and v in the arena layout; refreshes the bf16
+// weights. Entries are grouped into runs of equal decay, one launch per run (padding
+// between entries stays 0: zero gradient, zero state, zero weight).
+class CudaAdamW {
+ public:
+  CudaAdamW(CudaContext& ctx, const CudaLlama& model, optim::AdamWConfig cfg = {}) : ctx_(&ctx), cfg_(cfg) {
+    optim::validate(cfg_);
+    const size_t n = model.size();
+    m_.resize(n);
+    v_.resize(n);
+    m_.zero(ctx.stream);
+    v_.zero(ctx.stream);
+    for (const ParamInfo& p : model.layout().infos()) {
+      const bool decay = optim::decays(p.kind);
+      const size_t end = p.offset + (p.numel + 15) / 16 * 16;
+      if (!runs_.empty() && runs_.back().decay == decay && runs_.back().end == p.offset) runs_.back().end = end;
+      else runs_.push_back({p.offset, end, decay});
+    }
+  }
+
+  // grad_scale multiplies the gradients first (the clipping coefficient).
+  void step(CudaLlama& model, float lr_scale, float grad_scale = 1.0f) {
+    optim::check_lr_scale(lr_scale);
+    ++steps_;
+    for (const Run& r : runs_) {
+      const int64_t n = int64_t(r.end - r.begin);
+      ops::CudaAdamWStep s{cfg_.lr * lr_scale, cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f,
+                           steps_, grad_scale};
+      ops::adamw_update(*ctx_, CudaTensor<float>(model.params() + r.begin, {n}),
+                        CudaTensor<bf16>(model.params_bf16() + r.begin, {n}),
+                        CudaTensor<const float>(model.grads() + r.begin, {n}), CudaTensor<float>(m_.data() + r.begin, {n}),
+                        CudaTensor<float>(v_.data() + r.begin, {n}), s);
+    }
+  }
+
+  int64_t steps() const { return steps_; }
+
+ private:
+  struct Run {
+    size_t begin, end;
+    bool decay;
+  };
+  CudaContext* ctx_;
+  optim::AdamWConfig cfg_;
+  DeviceBuffer<float> m_, v_;
+  std::vector<Run> runs_;
+  int64_t steps_ = 0;
+};
+
+// PyTorch's clip_grad_norm_ coefficient, as optim::clip_grad_norm: 1 unless norm > max_norm.
+inline float clip_coefficient(double norm, double max_norm) {
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) return float(max_norm / (norm + 1e-6));
+  return 1.0f;
+}
+
+}  // namespace resbm::nn
