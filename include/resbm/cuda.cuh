@@ -3,6 +3,7 @@
 // buffers and every CUDA op. See docs/cuda.md.
 #include "resbm/ops/cuda/adamw.cuh"
 #include "resbm/ops/cuda/attention.cuh"
+#include "resbm/ops/cuda/attention_mma.cuh"
 #include "resbm/ops/cuda/cast.cuh"
 #include "resbm/ops/cuda/common.cuh"
 #include "resbm/ops/cuda/context.cuh"

@@ -373,8 +373,12 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
   struct S {
     int64_t B, T, H, hd;
   };
-  for (S s : {S{2, 64, 2, 64}, S{1, 200, 3, 64}, S{2, 77, 2, 32}, S{1, 130, 2, 128}, S{1, 1, 1, 64}, S{1, 1024, 2, 64}}) {
-    std::printf("attention B=%ld T=%ld H=%ld hd=%ld\n", long(s.B), long(s.T), long(s.H), long(s.hd));
+  for (bool tc : {true, false})
+  for (S s : {S{2, 64, 2, 64}, S{1, 200, 3, 64}, S{2, 77, 2, 32}, S{1, 130, 2, 128}, S{1, 1, 1, 64}, S{1, 1024, 2, 64},
+              S{2, 333, 2, 128}, S{1, 17, 3, 32}}) {
+    ops::cuda_attention_tensor_cores = tc;
+    std::printf("attention (%s) B=%ld T=%ld H=%ld hd=%ld\n", tc ? "tensor cores" : "cuda cores", long(s.B), long(s.T),
+                long(s.H), long(s.hd));
     const size_t n = size_t(s.B * s.T * s.H * s.hd);
     auto q = randn(n), k = randn(n), v = randn(n), dout = randn(n);
     std::vector<float> ref(n), cache(size_t(ops::attention_cache_size(s.B, s.T, s.H)));
@@ -405,6 +409,7 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
     CHECK_REL(download(d_dk), rdk, 2 * kBf16);
     CHECK_REL(download(d_dv), rdv, kBf16);
   }
+  ops::cuda_attention_tensor_cores = true;
 }
 
 TEST_CASE("cuda ops reject wrong shapes with an Error") {

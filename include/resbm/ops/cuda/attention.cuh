@@ -18,9 +18,14 @@
 // staged in shared memory and read as broadcasts. mma/wgmma is the next step.
 #include <cmath>
 
+#include "resbm/ops/cuda/attention_mma.cuh"
 #include "resbm/ops/cuda/common.cuh"
 
 namespace resbm::ops {
+
+// Tensor cores (attention_mma.cuh) by default; false selects the CUDA-core kernels below
+// (kept as an independent implementation to compare against, and as a fallback).
+inline bool cuda_attention_tensor_cores = true;
 
 inline int64_t cuda_attention_cache_size(int64_t B, int64_t T, int64_t H) { return 2 * B * H * T; }
 
@@ -283,6 +288,10 @@ __global__ void __launch_bounds__(kRows * HD / 32)
 template <int HD>
 void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
                 int64_t T, int64_t H) {
+  if (cuda_attention_tensor_cores) {
+    cuda_detail_attn_mma::launch_fwd<HD>(ctx, out, lse, q, k, v, B, T, H);
+    return;
+  }
   const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(B * H));
   fwd<HD><<<grid, kRows * HD / 32, 0, ctx.stream>>>(out, lse, q, k, v, int(T), int(H));
   RESBM_CUDA_LAUNCH_CHECK();
@@ -293,6 +302,10 @@ void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout
                 const bf16* q, const bf16* k, const bf16* v, const bf16* out, int64_t B, int64_t T, int64_t H) {
   bwd_dot<<<unsigned((B * T * H + 255) / 256), 256, 0, ctx.stream>>>(D, dout, out, B, int(T), int(H), HD);
   RESBM_CUDA_LAUNCH_CHECK();
+  if (cuda_attention_tensor_cores) {
+    cuda_detail_attn_mma::launch_bwd<HD>(ctx, dq, dk, dv, dout, lse, D, q, k, v, B, T, H);
+    return;
+  }
   const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(B * H));
   bwd_dq<HD><<<grid, kRows * HD / 32, 0, ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H));
   RESBM_CUDA_LAUNCH_CHECK();
