@@ -471,18 +471,21 @@ class TcpLink {
                      "check the peer's log and the network");
         }
         if (crc) crc->update(dst + have, k);
+        // The magic is checked as soon as it is in: a client of another protocol that
+        // sends a short request and waits is told "wrong port" at once, not after a stall.
+        if (got < 4 && got + k >= 4) {
+          try {
+            detail::with_peer(s.peer_name, [&] { check_magic(hb.data()); });
+          } catch (const Error& e) {
+            break_link(e.problem(), e.fix());
+          }
+        }
         have += k;
         got += k;
         deadline = detail::Clock::now() + s.opt.stall_timeout;
       }
     };
-    fill(hb.data(), 4, kHeaderSize, nullptr);
-    try {
-      detail::with_peer(s.peer_name, [&] { check_magic(hb.data()); });
-    } catch (const Error& e) {
-      break_link(e.problem(), e.fix());
-    }
-    fill(hb.data() + 4, kHeaderSize - 4, kHeaderSize, nullptr);
+    fill(hb.data(), kHeaderSize, kHeaderSize, nullptr);
     try {
       m.header = detail::with_peer(s.peer_name, [&] { return decode_header(hb.data(), hb.size(), s.opt.limits); });
     } catch (const Error& e) {
