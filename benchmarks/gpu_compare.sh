@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# resbm-train-cuda against PyTorch (eager and torch.compile; bf16 autocast, SDPA, fused
+# AdamW) on the same model, batch and byte vocabulary, plus a GEMM ceiling and the D2D
+# copy bandwidth, in one go on the GPU machine. Logs under $OUT (or ./gpu-logs); a short
+# table last. Usage: benchmarks/gpu_compare.sh   (GPU_COMPARE_TESTS=0 skips the CUDA tests;
+# PY=... picks the Python that has torch)
+set -u
+OUT=${OUT:-$PWD/gpu-logs}
+PY=${PY:-/opt/torch/.venv/bin/python3}
+STEPS=${STEPS:-30}
+mkdir -p "$OUT"
+declare -a SUMMARY
+step() {  # step NAME TIMEOUT CMD...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  SUMMARY+=("$(printf '%-16s rc=%-4s %4ss' "$name" "$rc" "$(( $(date +%s) - t0 ))")")
+  return $rc
+}
+nvidia-smi -L; nvcc --version | tail -1
+step configure 120 cmake -S . -B build-gpu -G Ninja -DRESBM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+  -DRESBM_BUILD_BENCHMARKS=OFF || tail -30 "$OUT/configure.log"
+targets="resbm-train-cuda"
+[ "${GPU_COMPARE_TESTS:-1}" = 1 ] && targets="$targets test_cuda_ops test_cuda_model"
+step build 400 ninja -C build-gpu $targets || grep -E "error" -A5 "$OUT/build.log" | head -60
+if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
+  step test_ops 240 build-gpu/tests/test_cuda_ops
+  step test_model 120 build-gpu/tests/test_cuda_model
+fi
+step ceiling 120 "$PY" benchmarks/torch_gpu.py ceiling
+TRAIN=build-gpu/examples/resbm-train-cuda
+step resbm_a 180 $TRAIN --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
+step resbm_b 240 $TRAIN --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
+for m in eager compile; do
+  step torch_a_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --mode $m --steps 20
+  step torch_b_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --mode $m --steps 20
+done
+
+if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
+  echo "== tests =="
+  grep -hE "rel err|loss cpu|init:|slices:|gradients:|weights after|attention \(|test cases|FAILED" \
+    "$OUT/test_ops.log" "$OUT/test_model.log" | grep -vE "^  grad " | head -120
+fi
+echo "== resbm-train-cuda =="; grep -hE "^step|RESULT|error" "$OUT/resbm_a.log" "$OUT/resbm_b.log" | tail -20
+echo "== summary =="; printf '%s\n' "${SUMMARY[@]}"
+echo "== table =="
+"$PY" - "$OUT" <<'EOF'
+import json, sys, glob, os
+out = sys.argv[1]
+def grab(name, tag):
+    try:
+        for line in open(os.path.join(out, name + ".log")):
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1:])
+    except OSError:
+        pass
+    return None
+ceil = grab("ceiling", "TORCH") or {}
+peak = ceil.get("gemm_8192_bf16_tflops")
+print(f"GEMM 8192^3 bf16: {peak or float('nan'):.0f} TFLOP/s, D2D copy {ceil.get('d2d_copy_gbps', float('nan')):.0f} GB/s "
+      f"({ceil.get('device', '?')})")
+cfgs = {"a": (12, 768, 12, 2048), "b": (8, 2048, 16, 5472)}
+print(f"{'config':<28}{'impl':<16}{'tok/s':>12}{'step ms':>10}{'vs compile':>12}{'MFU':>8}")
+for key, (L, d, H, F) in cfgs.items():
+    T, V = 1024, 256
+    flops_tok = 6 * (L * (4 * d * d + 3 * d * F) + V * d) + 6 * L * T * d  # causal attention: half of 12·L·T·d
+    rows = [("resbm", grab(f"resbm_{key}", "RESULT")), ("torch eager", grab(f"torch_{key}_eager", "TORCH")),
+            ("torch compile", grab(f"torch_{key}_compile", "TORCH"))]
+    comp = rows[2][1]["tokens_per_s"] if rows[2][1] else None
+    for impl, r in rows:
+        if not r:
+            print(f"{f'({key}) L{L} d{d} H{H} B16 T1024':<28}{impl:<16}{'failed':>12}")
+            continue
+        tps = r["tokens_per_s"]
+        ms = r["step_ms"]
+        ratio = f"{tps / comp:.2f}x" if comp else "-"
+        mfu = f"{100 * tps * flops_tok / (peak * 1e12):.0f}%" if peak else "-"
+        print(f"{f'({key}) L{L} d{d} H{H} B16 T1024':<28}{impl:<16}{tps:>12,.0f}{ms:>10.1f}{ratio:>12}{mfu:>8}")
+EOF
