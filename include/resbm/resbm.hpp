@@ -18,3 +18,7 @@
 #include "resbm/optim/optim.hpp"
 #include "resbm/codec/codec.hpp"
 #include "resbm/pipeline/local.hpp"
+#include "resbm/pipeline/runner.hpp"
+#include "resbm/pipeline/threads.hpp"
+#include "resbm/transport/transport.hpp"
+#include "resbm/transport/any_link.hpp"

@@ -19,13 +19,14 @@ namespace resbm::pipeline {
 // Bytes that crossed the boundaries, both directions, and the tokens they carried.
 struct WireCount {
   double forward_bytes = 0, backward_bytes = 0, tokens = 0, messages = 0;
+  double dense_bytes = 0;  // what the same messages would cost as dense bf16 (2·d per token)
   double bytes_per_token() const { return tokens > 0 ? (forward_bytes + backward_bytes) / tokens : 0; }
 };
 
-// Dense bf16 sends 2·d bytes per token each way; the ratio is against that, both ways.
-inline double compression_ratio(const WireCount& w, int d_model) {
+// Dense bf16 sends 2·d bytes per token in each direction; the ratio is against that.
+inline double compression_ratio(const WireCount& w) {
   const double sent = w.forward_bytes + w.backward_bytes;
-  return sent > 0 ? 2.0 * 2.0 * d_model * w.tokens / sent : 0;
+  return sent > 0 ? w.dense_bytes / sent : 0;
 }
 
 // Scales every gradient of every stage so that their joint norm is at most max_norm;
@@ -83,6 +84,7 @@ class LocalPipeline {
       if (s + 1 < stages_.size()) {
         grad_in = mbs_[s + 1].grad;
         wire_.backward_bytes += double(grad_in.size());
+        wire_.dense_bytes += 2.0 * double(cfg_.d_model) * double(N);
         wire_.messages += 1;
       }
       stages_[s]->backward(ctx, mbs_[s], grad_in, 1.0f / float(micro_batches));
@@ -153,6 +155,7 @@ class LocalPipeline {
         wire_in = mbs_[s - 1].wire;
         if (count) {
           wire_.forward_bytes += double(wire_in.size());
+          wire_.dense_bytes += 2.0 * double(cfg_.d_model) * double(micro_batch_ * cfg_.seq_len);
           wire_.messages += 1;
         }
       }

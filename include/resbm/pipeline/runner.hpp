@@ -22,6 +22,7 @@
 #include "resbm/data/sampler.hpp"
 #include "resbm/optim/any.hpp"
 #include "resbm/optim/clip.hpp"
+#include "resbm/pipeline/local.hpp"
 #include "resbm/pipeline/schedule.hpp"
 #include "resbm/pipeline/stage.hpp"
 #include "resbm/transport/any_link.hpp"
@@ -148,6 +149,7 @@ class StageRunner {
         }
         case Op::send_activation:
           sender_.post(*next_, header(transport::Kind::activation, step, a.micro_batch), mbs_[m].wire);
+          count(mbs_[m].wire.size(), true);
           break;
         case Op::recv_gradient:
           grad_in_[m] = receive(*next_, transport::Kind::gradient, step, a.micro_batch);
@@ -157,6 +159,7 @@ class StageRunner {
           break;
         case Op::send_gradient:
           sender_.post(*prev_, header(transport::Kind::gradient, step, a.micro_batch), mbs_[m].grad);
+          count(mbs_[m].grad.size(), false);
           break;
         case Op::optimizer_step: {
           const double norm = global_norm(step);
@@ -204,6 +207,9 @@ class StageRunner {
   void flush() { sender_.flush(); }
   // Wall seconds the compute thread spent blocked waiting for a neighbour.
   double wait_seconds() const { return wait_s_; }
+  // Training traffic this stage sent (activations forward, gradients backward), frame
+  // headers included: what the boundary really cost on the wire.
+  const WireCount& sent() const { return sent_; }
 
  private:
   transport::FrameHeader header(transport::Kind kind, int64_t step, int micro_batch) const {
@@ -239,6 +245,15 @@ class StageRunner {
     const size_t N = size_t(micro_batch_) * size_t(stage_.model().config().seq_len), off = size_t(m) * N;
     std::memcpy(acts.tokens.data(), tokens_.data() + off, N * sizeof(int32_t));
     std::memcpy(acts.targets.data(), targets_.data() + off, N * sizeof(int32_t));
+  }
+
+  void count(size_t payload, bool forward) {
+    const double bytes = double(payload + transport::kHeaderSize);
+    (forward ? sent_.forward_bytes : sent_.backward_bytes) += bytes;
+    sent_.messages += 1;
+    sent_.dense_bytes += 2.0 * double(stage_.model().config().d_model) * double(micro_batch_ * stage_.model().config().seq_len);
+    // A boundary's tokens are counted once, with its forward message.
+    if (forward) sent_.tokens += double(micro_batch_ * stage_.model().config().seq_len);
   }
 
   static std::span<const std::byte> bytes_of(const double& x) {
@@ -280,6 +295,7 @@ class StageRunner {
   std::vector<std::vector<std::byte>> act_in_, grad_in_;
   std::vector<int32_t> tokens_, targets_;
   double wait_s_ = 0;
+  WireCount sent_;
   Sender sender_;  // last: its thread stops before the buffers it reads go away
 };
 

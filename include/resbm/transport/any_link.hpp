@@ -3,6 +3,7 @@
 // pipeline runner is compiled once per codec rather than once per codec and link.
 #include <memory>
 #include <utility>
+#include <type_traits>
 
 #include "resbm/transport/concepts.hpp"
 
@@ -14,6 +15,14 @@ class AnyLink {
   template <Link L>
     requires(!std::is_same_v<std::decay_t<L>, AnyLink>)
   explicit AnyLink(L link) : impl_(std::make_unique<Model<L>>(std::move(link))) {}
+
+  // Builds the link in place: for links that cannot move (Shaped owns a thread).
+  template <Link L, class... Args>
+  static AnyLink make(Args&&... args) {
+    AnyLink a;
+    a.impl_ = std::make_unique<Model<L>>(std::in_place, std::forward<Args>(args)...);
+    return a;
+  }
 
   explicit operator bool() const { return bool(impl_); }
   void send(const FrameHeader& h, std::span<const std::byte> payload) { impl_->send(h, payload); }
@@ -36,6 +45,8 @@ class AnyLink {
   template <class L>
   struct Model final : Concept {
     explicit Model(L l) : link(std::move(l)) {}
+    template <class... Args>
+    explicit Model(std::in_place_t, Args&&... args) : link(std::forward<Args>(args)...) {}
     void send(const FrameHeader& h, std::span<const std::byte> p) override { link.send(h, p); }
     Message recv(Kind k, std::chrono::milliseconds t) override { return link.recv(k, t); }
     void close() override { link.close(); }
