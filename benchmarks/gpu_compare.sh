@@ -2,8 +2,8 @@
 # resbm-train-cuda against PyTorch (eager and torch.compile; bf16 autocast, SDPA, fused
 # AdamW) on the same model, batch and byte vocabulary, plus a GEMM ceiling and the D2D
 # copy bandwidth, in one go on the GPU machine. Logs under $OUT (or ./gpu-logs); a short
-# table last. Usage: benchmarks/gpu_compare.sh   (GPU_COMPARE_TESTS=0 skips the CUDA tests;
-# PY=... picks the Python that has torch)
+# table last. Usage: benchmarks/gpu_compare.sh   (GPU_COMPARE_TESTS=0 skips the CUDA tests,
+# GPU_COMPARE_TORCH=0 the PyTorch runs; PY=... picks the Python that has torch)
 set -u
 OUT=${OUT:-$PWD/gpu-logs}
 PY=${PY:-/opt/torch/.venv/bin/python3}
@@ -32,7 +32,7 @@ step ceiling 120 "$PY" benchmarks/torch_gpu.py ceiling
 TRAIN=build-gpu/examples/resbm-train-cuda
 step resbm_a 180 $TRAIN --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
 step resbm_b 240 $TRAIN --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
-for m in eager compile; do
+[ "${GPU_COMPARE_TORCH:-1}" = 1 ] && for m in eager compile; do
   step torch_a_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --mode $m --steps 20
   step torch_b_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --mode $m --steps 20
 done
