@@ -58,6 +58,8 @@ TEST_CASE("shaped: the delivered rate is the configured bandwidth (within 10%)")
   REQUIRE(rate > 0.9 * 50e6);
   REQUIRE(rate < 1.1 * 50e6);
   REQUIRE(s.stats().send_seconds > 0.3);  // send() blocked on the bandwidth, as on a wire
+  REQUIRE(b.stats().bytes_received == uint64_t(bytes));
+  s.close();  // the inner link's counters are final once the delivery thread is done
   REQUIRE(s.stats().bytes_sent == uint64_t(bytes));
 }
 

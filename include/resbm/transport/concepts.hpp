@@ -22,7 +22,8 @@ struct Message {
 
 // Counters of one link endpoint. Bytes include the 48-byte headers, so
 // bytes / payload bytes is the framing overhead and the compression ratio is measured on
-// the wire. The seconds are wall time spent blocked inside send() and recv().
+// the wire. The seconds are wall time spent blocked inside send() and recv(). The shutdown
+// frame that close() sends is not counted: stats describe the run, not its teardown.
 struct LinkStats {
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
