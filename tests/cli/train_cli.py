@@ -10,12 +10,14 @@ import subprocess
 import sys
 
 BIN, WORK, CHECK = sys.argv[1], sys.argv[2], sys.argv[3]
+LAUNCH = os.path.join(os.path.dirname(BIN), "resbm-launch")
 TINY = ["--d-model", "32", "--layers", "2", "--heads", "2", "--seq", "32", "--batch", "4",
         "--threads", "2", "--eval-batches", "2"]
 
 
-def run(*args, expect_rc=0):
-    p = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=1200)
+def run(*args, expect_rc=0, binary=None):
+    binary = binary or BIN
+    p = subprocess.run([binary, *args], capture_output=True, text=True, timeout=1200)
     if p.returncode != expect_rc:
         sys.exit(f"{BIN} {' '.join(args)}: exit {p.returncode}, expected {expect_rc}\n"
                  f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
@@ -91,6 +93,39 @@ def check_resume():
         p = run(*TINY, "--d-model", "64", "--optimizer", opt, "--steps", "20", "--resume", f"{d}/ckpt",
                 expect_rc=1)
         assert "d_model" in p.stderr and "fix:" in p.stderr, p.stderr
+
+
+def check_pipeline_modes():
+    """Stages as threads and as processes over TCP give identical losses and weights; both
+    equal the unpartitioned model to rounding (fp32 wire)."""
+    import filecmp
+    whole = fresh("pipe-whole")
+    run(*TINY, "--layers", "4", "--steps", "4", "--codec", "fp32", "--metrics", f"{whole}/m.jsonl")
+    base = losses(f"{whole}/m.jsonl")
+    for S in [2, 4]:
+        for M in [1, 4]:
+            for sched in ["gpipe", "1f1b"]:
+                tag = f"S{S}-M{M}-{sched}"
+                a, b = fresh("pipe-threads-" + tag), fresh("pipe-tcp-" + tag)
+                flags = [*TINY, "--layers", "4", "--steps", "4", "--codec", "fp32", "--stages", str(S),
+                         "--micro-batches", str(M), "--schedule", sched, "--threads", "1"]
+                run(*flags, "--metrics", f"{a}/m.jsonl", "--save", f"{a}/ckpt")
+                r = result(run(*flags[:-2], "--metrics", f"{b}/m.jsonl", "--save", f"{b}/ckpt", binary=LAUNCH))
+                assert r["transport"] == "tcp" and len(r["per_stage"]) == S, r
+                la, lb = losses(f"{a}/m.jsonl"), losses(f"{b}/m.jsonl")
+                assert la == lb, f"{tag}: threads {la} != tcp {lb}"
+                for k in range(S):
+                    fa, fb = f"{a}/ckpt/stage-{k}.params.safetensors", f"{b}/ckpt/stage-{k}.params.safetensors"
+                    assert filecmp.cmp(fa, fb, shallow=False), f"{tag}: stage {k} weights differ"
+                for step, loss in base.items():
+                    assert abs(la[step] - loss) <= 1e-4 * abs(loss), f"{tag}: step {step} {la[step]} vs whole {loss}"
+
+
+def check_launch_errors():
+    """A stage that cannot start takes the run down with a message naming it; no hang."""
+    p = run("--stages", "2", *TINY, "--d-model", "30", expect_rc=1, binary=LAUNCH)
+    assert "stage 0" in p.stderr and "exited with 1" in p.stderr, p.stderr
+    assert "d_model 30 is not divisible by n_heads" in p.stderr or "odd" in p.stderr, p.stderr
 
 
 def check_converges():
