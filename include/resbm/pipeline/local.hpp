@@ -33,9 +33,9 @@ inline double compression_ratio(const WireCount& w) {
 // returns the norm before. One norm for the whole model, as in the unpartitioned run.
 template <class Stages>
 double clip_global_norm(const Context& ctx, Stages& stages, double max_norm) {
-  double sq = 0;
-  for (auto& s : stages) {
-    const double n = optim::clip_grad_norm(ctx, s->arena(), 0.0);
+  double sq = 0;  // from the last stage to the first, as the pipeline runner sums it
+  for (auto it = stages.rbegin(); it != stages.rend(); ++it) {
+    const double n = optim::clip_grad_norm(ctx, (*it)->arena(), 0.0);
     sq += n * n;
   }
   const double norm = std::sqrt(sq);

@@ -5,10 +5,10 @@
 // waits for the wire; receives block only when the schedule needs the data, while the
 // OS (or the in-process queue) keeps receiving in the background.
 //
-// The gradient-norm clip is global, as in one process: stage 0 starts a running sum of
-// squared norms that each stage extends and passes on; the last stage takes the root and
-// sends it back down the chain. The sum runs in stage order, the same order of the same
-// float operations as LocalPipeline, so a pipeline with fp32 wire matches it bit for bit.
+// The gradient-norm clip is global, as in one process: the last stage starts a running sum
+// of squared norms that each stage extends and passes back; stage 0 takes the root and
+// sends it forward. The sum runs in reverse stage order, the same float operations as
+// LocalPipeline, so a pipeline with fp32 wire matches it bit for bit.
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -268,18 +268,23 @@ class StageRunner {
     return x;
   }
 
+  // The sum of squared norms runs from the last stage to the first, riding behind the
+  // gradients: stage 0 finishes its backward last, so the sum is complete the moment it
+  // is, with no round trip. The root travels forward ahead of the next step's activations,
+  // which each stage waits for anyway: on a high-latency link the reduction costs nothing
+  // extra.
   double global_norm(int64_t step) {
     const double n = optim::clip_grad_norm(ctx_, stage_.arena(), 0.0);
-    double sq = prev_ ? receive_double(*prev_, step) : 0.0;
+    double sq = next_ ? receive_double(*next_, step) : 0.0;
     sq += n * n;
     double norm;
-    if (next_) {
-      sender_.post(*next_, header(transport::Kind::control, step, 0), bytes_of(sq));
-      norm = receive_double(*next_, step);
+    if (prev_) {
+      sender_.post(*prev_, header(transport::Kind::control, step, 0), bytes_of(sq));
+      norm = receive_double(*prev_, step);
     } else {
       norm = std::sqrt(sq);
     }
-    if (prev_) sender_.post(*prev_, header(transport::Kind::control, step, 0), bytes_of(norm));
+    if (next_) sender_.post(*next_, header(transport::Kind::control, step, 0), bytes_of(norm));
     return norm;
   }
 
