@@ -13,11 +13,16 @@
 namespace fs = std::filesystem;
 using namespace resbm;
 
+#ifdef RESBM_HAS_CUDA_TRAIN
+int resbm_train_cuda(int argc, char** argv);  // examples/train_cuda/train_cuda.cu
+#endif
+
 namespace {
 
 struct Options {
   std::string data = RESBM_DEFAULT_DATA;
   std::string tokenizer = "char";
+  std::string device = "cpu";
   int d_model = 128, layers = 4, heads = 4, seq = 128, batch = 16, ffn = 0;
   int64_t steps = 600, warmup = 30;
   double lr = 0, adam_lr = 0, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
@@ -432,6 +437,7 @@ int run(int argc, char** argv) {
   io::Cli cli("resbm-train", "train a LLaMA-style model on a text file; ends with a line RESULT {json}");
   cli.flag("data", &o.data, "text file to train on")
       .flag("tokenizer", &o.tokenizer, "char (vocabulary from the corpus) or byte (256)")
+      .flag("device", &o.device, "cpu, or cuda (one GPU, AdamW; see --device cuda --help)")
       .flag("d-model", &o.d_model, "residual width")
       .flag("layers", &o.layers, "number of decoder blocks")
       .flag("heads", &o.heads, "attention heads (must divide --d-model)")
@@ -470,6 +476,14 @@ int run(int argc, char** argv) {
       .flag("resume", &o.resume, "continue from the checkpoint in this directory")
       .flag("stop-after", &o.stop_after, "stop after this step as if interrupted, no final eval (0 = run to --steps)");
   if (!cli.parse(argc, argv)) return 0;
+  if (o.device.rfind("cuda", 0) == 0) {
+#ifdef RESBM_HAS_CUDA_TRAIN
+    return resbm_train_cuda(argc, argv);
+#else
+    fail("this resbm-train was built without CUDA", "install the CUDA toolkit and rebuild (RESBM_CUDA=ON)");
+#endif
+  }
+  RESBM_CHECK(o.device == "cpu", cat("unknown --device '", o.device, "'"), "pass --device cpu or cuda");
   RESBM_CHECK(o.steps > 0, cat("--steps ", o.steps, " must be positive"), "pass --steps 1 or more");
   RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.eval_batches > 0,
               "--warmup, --eval-every and --save-every must be >= 0, --eval-batches > 0", "fix the flag values");
