@@ -42,7 +42,7 @@ struct CudaLlamaActivations {
   DeviceBuffer<bf16> input;               // x entering the first block [N, C]
   std::vector<DeviceBuffer<bf16>> outs;   // output of each block [N, C]
   std::vector<CudaBlockActivations> blocks;
-  DeviceBuffer<bf16> norm, logits;  // head only: [N, C], [N, V]
+  DeviceBuffer<bf16> norm, logits;  // head only: [N, C], [N, V] with rows V rounded up to 8 apart
   DeviceBuffer<float> rstd, losses;  // head only: [N], [N]
   DeviceBuffer<bf16> dres;           // residual gradient [N, C]
 };
@@ -98,10 +98,10 @@ class CudaLlama {
     RESBM_CHECK(hd == 32 || hd == 64 || hd == 128,
                 cat("head dimension ", hd, " (d_model ", c.d_model, " / heads ", c.n_heads, ") is not 32, 64 or 128"),
                 "choose --d-model / --heads in {32, 64, 128} for the CUDA model");
-    RESBM_CHECK(c.d_model % 8 == 0 && c.ffn_hidden() % 8 == 0 && c.vocab % 8 == 0,
-                cat("d_model ", c.d_model, ", ffn ", c.ffn_hidden(), ", vocab ", c.vocab,
+    RESBM_CHECK(c.d_model % 8 == 0 && c.ffn_hidden() % 8 == 0,
+                cat("d_model ", c.d_model, ", ffn ", c.ffn_hidden(),
                     ": the CUDA model needs multiples of 8 (16-byte rows for cuBLASLt)"),
-                "use the byte tokenizer (256) or pad the vocabulary, and widths divisible by 8");
+                "choose --d-model and --ffn divisible by 8");
     const auto& infos = layout_.infos();
     auto idx = [&](const std::string& name) { return layout_.find(name); };
     if (r_.embed) emb_ = idx("tok_embeddings.weight");
@@ -192,7 +192,7 @@ class CudaLlama {
     if (r_.head) {
       s.norm.resize(N * C);
       s.rstd.resize(N);
-      s.logits.resize(N * size_t(c_.vocab));
+      s.logits.resize(N * size_t(vocab_ld()));
       s.losses.resize(N);
     }
     return s;
@@ -222,9 +222,10 @@ class CudaLlama {
     }
     if (!r_.head) return;
     ops::rmsnorm_forward(ctx, s.norm.view({N, C}), s.rstd.view({N}), cview(x, {N, C}), p16(norm_), c_.norm_eps);
-    ops::matmul_forward<bf16>(ctx, s.logits.view({N, c_.vocab}), cview(s.norm.data(), {N, C}), p16(head_));
-    ops::cross_entropy_forward(ctx, s.losses.view({N}), cview(s.logits.data(), {N, c_.vocab}),
-                               CudaTensor<const int32_t>(s.targets.data(), {N}));
+    const int64_t V = c_.vocab, ldv = vocab_ld();
+    ops::gemm<bf16>(ctx, false, true, N, V, C, 1.0f, s.norm.data(), C, p16(head_).data, C, 0.0f, s.logits.data(), ldv);
+    ops::cross_entropy_forward(ctx, s.losses.view({N}), cview(s.logits.data(), {N, V}),
+                               CudaTensor<const int32_t>(s.targets.data(), {N}), ldv);
   }
 
   // The mean loss of the last forward (head slices; synchronises).
@@ -250,12 +251,13 @@ class CudaLlama {
     auto dres = s.dres.view({N, C});
     if (r_.head) {
       const bf16* x = output(s).data;
+      const int64_t ldv = vocab_ld();
       auto dl = dlogits_.view({N, V});
       ops::cross_entropy_backward(ctx, dl, cview(s.logits.data(), {N, V}), CudaTensor<const int32_t>(s.targets.data(), {N}),
-                                  loss_scale / float(N));
+                                  loss_scale / float(N), ldv);
       auto dnorm = dln_.view({N, C});
-      ops::matmul_backward(ctx, dnorm, g32(head_), cview(dl.data, {N, V}), cview(s.norm.data(), {N, C}), p16(head_),
-                           false);
+      ops::gemm<bf16>(ctx, false, false, N, C, V, 1.0f, dl.data, ldv, p16(head_).data, C, 0.0f, dnorm.data, C);
+      ops::gemm<float>(ctx, true, false, V, C, N, 1.0f, dl.data, ldv, s.norm.data(), C, 1.0f, g32(head_).data, C);
       s.dres.zero(ctx.stream);
       ops::rmsnorm_backward(ctx, dres, g32(norm_), cview(dnorm.data, {N, C}), cview(x, {N, C}), p16(norm_),
                             CudaTensor<const float>(s.rstd.data(), {N}));
@@ -291,6 +293,10 @@ class CudaLlama {
     size_t ln1, wq, wk, wv, wo, ln2, w1, w3, w2;
   };
 
+  // Row stride of the logits: the vocabulary rounded up to 8 (16-byte rows for cuBLASLt),
+  // so a character vocabulary (65 for TinyShakespeare) needs no change to the model.
+  int64_t vocab_ld() const { return (int64_t(c_.vocab) + 7) / 8 * 8; }
+
   static CudaTensor<const bf16> cview(const bf16* p, std::initializer_list<int64_t> dims) {
     return CudaTensor<const bf16>(p, dims);
   }
@@ -317,7 +323,7 @@ class CudaLlama {
     const size_t N = size_t(B * c_.seq_len), C = size_t(c_.d_model), F = size_t(c_.ffn_hidden());
     for (DeviceBuffer<bf16>* x : {&dln_, &datt_, &dq_, &dk_, &dv_}) x->resize(N * C);
     for (DeviceBuffer<bf16>* x : {&dh_, &dgate_, &dup_}) x->resize(N * F);
-    if (r_.head) dlogits_.resize(N * size_t(c_.vocab));
+    if (r_.head) dlogits_.resize(N * size_t(vocab_ld()));
   }
 
   // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a

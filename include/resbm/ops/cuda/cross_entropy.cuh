@@ -1,5 +1,7 @@
 #pragma once
 // Cross entropy from bf16 logits [N,V], softmax and loss in fp32, one block per row.
+// Rows may be ld >= V elements apart (ld = 0 means V): a vocabulary that is not a multiple
+// of 8 keeps 16-byte rows for cuBLASLt by padding the logits, not the model.
 //   cross_entropy_forward:  losses[n] (fp32, device) = logsumexp(logits[n]) − logits[n, t_n].
 //                           Asynchronous: it returns nothing; cross_entropy_mean() copies
 //                           the losses back and sums them in double in row order (syncs).
@@ -50,10 +52,10 @@ __device__ inline void row_stats(const bf16* __restrict__ l, int64_t V, float& m
 }
 
 __global__ void __launch_bounds__(kThreads) fwd(float* __restrict__ losses, const bf16* __restrict__ logits,
-                                                const int32_t* __restrict__ targets, int64_t V) {
+                                                const int32_t* __restrict__ targets, int64_t V, int64_t ld) {
   using namespace resbm::cuda_detail;
   const int64_t n = blockIdx.x;
-  const bf16* l = logits + n * V;
+  const bf16* l = logits + n * ld;
   float m, s;
   row_stats(l, V, m, s);
   if (threadIdx.x == 0) {
@@ -63,16 +65,17 @@ __global__ void __launch_bounds__(kThreads) fwd(float* __restrict__ losses, cons
 }
 
 __global__ void __launch_bounds__(kThreads) bwd(bf16* __restrict__ dlogits, const bf16* __restrict__ logits,
-                                                const int32_t* __restrict__ targets, int64_t V, float scale) {
+                                                const int32_t* __restrict__ targets, int64_t V, int64_t ld,
+                                                float scale) {
   using namespace resbm::cuda_detail;
   const int64_t n = blockIdx.x;
-  const bf16* l = logits + n * V;
+  const bf16* l = logits + n * ld;
   float m, s;
   row_stats(l, V, m, s);
   const int32_t t = targets[n];
   const bool ok = t >= 0 && t < V;
   const float k = scale / s;
-  bf16* dl = dlogits + n * V;
+  bf16* dl = dlogits + n * ld;
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
     const float g = expf(ldf(l + v) - m) * k - (v == t ? scale : 0.0f);
     stf(dl + v, ok ? g : __int_as_float(0x7fc00000));
@@ -81,15 +84,17 @@ __global__ void __launch_bounds__(kThreads) bwd(bf16* __restrict__ dlogits, cons
 }  // namespace cuda_detail_ce
 
 inline void cross_entropy_forward(CudaContext& ctx, CudaTensor<float> losses, CudaTensor<const bf16> logits,
-                                  CudaTensor<const int32_t> targets) {
+                                  CudaTensor<const int32_t> targets, int64_t ld = 0) {
   const int64_t N = logits.size(0), V = logits.size(1);
+  if (ld == 0) ld = V;
+  RESBM_CHECK(ld >= V, cat("cross entropy row stride ", ld, " < vocabulary ", V), "pass ld >= V (or 0)");
   expect_shape(logits, {N, V}, "cross entropy logits");
   expect_shape(targets, {N}, "cross entropy targets");
   expect_shape(losses, {N}, "cross entropy losses");
   RESBM_CHECK(V > 0 || N == 0, "cross entropy over an empty vocabulary", "pass logits with V >= 1");
   if (N == 0) return;
   cuda_detail_ce::fwd<<<unsigned(N), cuda_detail_ce::kThreads, 0, ctx.stream>>>(losses.data, logits.data,
-                                                                               targets.data, V);
+                                                                               targets.data, V, ld);
   RESBM_CUDA_LAUNCH_CHECK();
 }
 
@@ -107,15 +112,17 @@ inline double cross_entropy_mean(CudaContext& ctx, CudaTensor<const float> losse
 }
 
 inline void cross_entropy_backward(CudaContext& ctx, CudaTensor<bf16> dlogits, CudaTensor<const bf16> logits,
-                                   CudaTensor<const int32_t> targets, float scale) {
+                                   CudaTensor<const int32_t> targets, float scale, int64_t ld = 0) {
   const int64_t N = logits.size(0), V = logits.size(1);
+  if (ld == 0) ld = V;
+  RESBM_CHECK(ld >= V, cat("cross entropy row stride ", ld, " < vocabulary ", V), "pass ld >= V (or 0)");
   expect_shape(logits, {N, V}, "cross entropy logits");
   expect_shape(targets, {N}, "cross entropy targets");
   expect_shape(dlogits, {N, V}, "cross entropy logits gradient");
   RESBM_CHECK(V > 0 || N == 0, "cross entropy over an empty vocabulary", "pass logits with V >= 1");
   if (N == 0) return;
   cuda_detail_ce::bwd<<<unsigned(N), cuda_detail_ce::kThreads, 0, ctx.stream>>>(dlogits.data, logits.data,
-                                                                               targets.data, V, scale);
+                                                                               targets.data, V, ld, scale);
   RESBM_CUDA_LAUNCH_CHECK();
 }
 
