@@ -1,5 +1,6 @@
 // resbm-train: the main job. Trains a LLaMA-style model on a text file (TinyShakespeare by
 // default), prints progress, and ends with one machine-readable line `RESULT {json}`.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -31,6 +32,8 @@ struct Options {
   int threads = 0;
   int64_t eval_every = 0, eval_batches = 8, save_every = 0, stop_after = 0;
   std::string metrics, save, resume;
+  int64_t resume_step = 0;
+  bool skip_nonfinite = false;
   int stages = 1, micro_batches = 1, rank = 2;
   std::string codec = "resbm", schedule = "1f1b";
   // One process per stage (--stage k): where to listen for stage k-1, where stage k+1 is.
@@ -129,17 +132,36 @@ transport::AnyLink shape(const Options& o, L link, int stage) {
   return transport::AnyLink::make<transport::Shaped<L>>(std::move(link), so);
 }
 
-// The step a resumed run starts from (0 for a fresh run).
-int64_t resumed_from(const Options& o) {
+// The step a resumed run starts from (0 for a fresh run): --resume-step, or the newest
+// step that every stage's manifest in the directory holds, so that all stages, threads or
+// processes, pick the same one even when a stage died before its last save.
+int64_t resume_step(const Options& o) {
   if (o.resume.empty()) return 0;
-  const auto path = fs::path(o.resume) / "stage-0.json";
-  return io::Json::parse(io::read_file(path.string(), "checkpoint record", 1 << 20)).at("step").as_int64();
+  if (o.resume_step > 0) return o.resume_step;
+  std::vector<int64_t> common;
+  for (int k = 0; k < o.stages; ++k) {
+    const auto steps = io::checkpoint_steps(o.resume, "stage-" + std::to_string(k));
+    RESBM_CHECK(!steps.empty(), cat("checkpoint directory '", o.resume, "' has no manifest for stage ", k),
+                "pass --resume the directory every stage saved into with --save (or --resume-step N)");
+    if (k == 0) {
+      common = steps;
+      continue;
+    }
+    std::vector<int64_t> keep;
+    for (int64_t s : common)
+      if (std::find(steps.begin(), steps.end(), s) != steps.end()) keep.push_back(s);
+    common = keep;
+  }
+  RESBM_CHECK(!common.empty(), cat("the stages in '", o.resume, "' share no saved step"),
+              "resume from a directory written by one run, or pass --resume-step N");
+  return *std::max_element(common.begin(), common.end());
 }
 
 // What one stage reports at the end of the run.
 struct StageResult {
   int stage = 0;
   double train_s = 0, wait_s = 0, val_loss = NAN, train_loss = NAN;
+  int64_t skipped = 0;
   pipeline::WireCount sent;
   transport::LinkStats prev, next;
   size_t params = 0;
@@ -173,19 +195,15 @@ StageResult run_stage(const Options& o, const nn::LlamaConfig& cfg, const Contex
   optim::AnyOptimizer opt = make_optimizer(o, stage.arena());
   int64_t start = 0;
   if (!o.resume.empty()) {
-    io::Json record = io::load_checkpoint(o.resume, stem, stage.arena(), opt.state(), config);
-    start = record.at("step").as_int64();
-    opt.set_steps(record.at("optimizer_steps").as_int64());
+    const auto loaded = io::load_checkpoint(o.resume, stem, stage.arena(), opt.state(), config, resume_step(o));
+    start = loaded.step;
+    opt.set_steps(loaded.optimizer_steps);
     RESBM_CHECK(start <= o.steps, cat("checkpoint is at step ", start, " but --steps is ", o.steps),
                 "pass --steps larger than the checkpoint's step to continue training");
     if (reporter) std::fprintf(stderr, "resumed from %s at step %lld\n", o.resume.c_str(), (long long)start);
   }
   auto save = [&](int64_t step) {
-    io::Json record = io::Json::object();
-    record.set("step", step);
-    record.set("optimizer_steps", opt.steps());
-    record.set("config", config);
-    io::save_checkpoint(o.save, stem, stage.arena(), opt.state(), record);
+    io::save_checkpoint(o.save, stem, step, opt.steps(), stage.arena(), opt.state(), config);
   };
 
   pipeline::RunnerOptions ro;
@@ -194,6 +212,7 @@ StageResult run_stage(const Options& o, const nn::LlamaConfig& cfg, const Contex
   ro.clip = o.clip;
   ro.seed = o.seed;
   ro.timeout = std::chrono::milliseconds(int64_t(o.timeout_s * 1000));
+  ro.skip_nonfinite = o.skip_nonfinite;
   pipeline::StageRunner<Codec> runner(stage, opt, prev, next, ctx, ro, o.batch / o.micro_batches);
 
   std::unique_ptr<io::MetricsLog> metrics;
@@ -260,6 +279,8 @@ StageResult run_stage(const Options& o, const nn::LlamaConfig& cfg, const Contex
   runner.flush();
   res.train_loss = recent ? recent_loss / double(recent) : NAN;
   res.wait_s = runner.wait_seconds();
+  res.skipped = runner.skipped();
+  if (res.skipped && reporter) std::fprintf(stderr, "skipped %lld non-finite step(s)\n", (long long)res.skipped);
   res.sent = runner.sent();
   if (prev) res.prev = prev->stats();
   if (next) res.next = next->stats();
@@ -291,6 +312,7 @@ void print_result(const Options& o, const nn::LlamaConfig& cfg, const Context& c
   result.set("train_loss", number(last.train_loss));
   result.set("tokens_per_s", train_s > 0 ? double(trained_steps) * o.batch * cfg.seq_len / train_s : 0.0);
   result.set("steps", o.steps);
+  result.set("skipped_steps", last.skipped);
   result.set("params", params);
   result.set("d_model", cfg.d_model);
   result.set("n_layers", cfg.n_layers);
@@ -374,7 +396,7 @@ int train_threads(const Options& o, const nn::LlamaConfig& cfg, Context& ctx, co
   const int64_t trained = (o.stop_after > 0 ? std::min(o.stop_after, o.steps) : o.steps);
   if (o.stop_after > 0 && o.stop_after < o.steps) return 0;
   if (S > 1) print_stage_table(results);
-  print_result(o, cfg, ctx, results, now_s() - t0, trained - std::min<int64_t>(trained, resumed_from(o)));
+  print_result(o, cfg, ctx, results, now_s() - t0, trained - std::min<int64_t>(trained, resume_step(o)));
   return 0;
 }
 
@@ -427,7 +449,7 @@ int train_process(const Options& o, const nn::LlamaConfig& cfg, Context& ctx, co
   prev.close();
   next.close();
   if (o.stop_after > 0 && o.stop_after < o.steps) return 0;
-  const int64_t trained = o.steps - resumed_from(o);
+  const int64_t trained = o.steps - resume_step(o);
   print_result(o, cfg, ctx, {r}, now_s() - t0, trained);
   return 0;
 }
@@ -474,6 +496,8 @@ int run(int argc, char** argv) {
       .flag("save", &o.save, "write checkpoints (params, optimizer, tokenizer) to this directory")
       .flag("save-every", &o.save_every, "also checkpoint every N steps (needs --save)")
       .flag("resume", &o.resume, "continue from the checkpoint in this directory")
+      .flag("resume-step", &o.resume_step, "resume from this saved step (0 = newest step every stage saved)")
+      .flag("skip-nonfinite", &o.skip_nonfinite, "skip steps whose loss or gradients are not finite instead of stopping")
       .flag("stop-after", &o.stop_after, "stop after this step as if interrupted, no final eval (0 = run to --steps)");
   if (!cli.parse(argc, argv)) return 0;
   if (o.device.rfind("cuda", 0) == 0) {

@@ -3,7 +3,9 @@
 // embedding, blocks [first, last), optional final RMSNorm + untied LM head + cross-entropy.
 // Parameters are declared into an arena the caller owns, so a stage can put its codec's
 // parameters beside the model's and step them all with one optimizer.
+#include <cmath>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "resbm/nn/block.hpp"
@@ -139,6 +141,21 @@ class Llama {
       blocks_[i].backward(ctx, a, s.blocks[i], scratch_, *rope_, x, dres, B);
     }
     if (r_.embed) ops::embedding_backward<T>(ctx, a.grad(emb_), s.tokens.view({N}), Tensor<const T>(dres));
+  }
+
+  // Where the forward first produced a non-finite value ("input", "blocks.3" output,
+  // "logits"), or "" when everything is finite: names the layer when a loss goes NaN.
+  std::string first_nonfinite(const LlamaActivations<T>& s) const {
+    auto finite = [](const Buffer<T>& b) {
+      for (const T& x : b)
+        if (!std::isfinite(x)) return false;
+      return true;
+    };
+    if (!finite(s.input)) return r_.embed ? "tok_embeddings" : "input (the decoded boundary)";
+    for (size_t i = 0; i < s.outs.size(); ++i)
+      if (!finite(s.outs[i])) return "blocks." + std::to_string(r_.first + int(i));
+    if (r_.head && !finite(s.logits)) return "output (logits)";
+    return "";
   }
 
   // dL/d input [N, C] after backward (non-embedding slices).

@@ -35,6 +35,7 @@ struct RunnerOptions {
   double clip = 1.0;
   uint64_t seed = 1;
   std::chrono::milliseconds timeout{120'000};
+  bool skip_nonfinite = false;  // skip a step whose loss or gradients are not finite, instead of stopping
 };
 
 // Posts frames to links from a thread of its own, in order. An error there is rethrown
@@ -139,10 +140,24 @@ class StageRunner {
           break;
         case Op::forward: {
           load(a.micro_batch);
-          const float l = stage_.forward(ctx_, mbs_[m], act_in_[m]);
+          float l = 0;
+          try {
+            l = stage_.forward(ctx_, mbs_[m], act_in_[m]);
+          } catch (const transport::LinkClosed&) {
+            throw;
+          } catch (const Error& e) {  // e.g. a non-finite activation refused by the wire
+            const std::string where = stage_.model().first_nonfinite(mbs_[m].acts);
+            throw Error(cat("stage ", stage, ", step ", step, ", micro-batch ", m,
+                            where.empty() ? std::string() : ", non-finite values from " + where, ": ", e.problem()),
+                        e.fix());
+          }
           if (stage_.last()) {
-            RESBM_CHECK(std::isfinite(l), cat("loss is ", l, " at step ", step, " (micro-batch ", m, ")"),
-                        "lower --lr or raise --warmup; resume from the last checkpoint with --resume");
+            if (!std::isfinite(l) && !o_.skip_nonfinite) {
+              const std::string where = stage_.model().first_nonfinite(mbs_[m].acts);
+              fail(cat("loss is ", l, " at step ", step, " (stage ", stage, ", micro-batch ", m, ")",
+                       where.empty() ? std::string() : ": first non-finite values in " + where),
+                   "lower --lr or raise --warmup and resume from the last checkpoint, or pass --skip-nonfinite");
+            }
             loss += double(l) / o_.micro_batches;
           }
           break;
@@ -163,8 +178,19 @@ class StageRunner {
           break;
         case Op::optimizer_step: {
           const double norm = global_norm(step);
-          RESBM_CHECK(std::isfinite(norm), cat("gradient norm is ", norm, " at step ", step, " (stage ", stage, ")"),
-                      "lower --lr; resume from the last checkpoint with --resume");
+          if (!std::isfinite(norm)) {
+            // Every stage sees the same global norm, so all of them skip or stop together.
+            if (o_.skip_nonfinite) {
+              ++skipped_;
+              stage_.arena().zero_grad();
+              return {stage_.last() ? loss : NAN, norm};
+            }
+            const std::string param = first_nonfinite_grad();
+            fail(cat("gradient norm is ", norm, " at step ", step, " (stage ", stage, "): ",
+                     param.empty() ? std::string("this stage's gradients are finite, another stage's are not")
+                                   : "the gradient of " + param + " is not finite"),
+                 "lower --lr or raise --warmup and resume from the last checkpoint, or pass --skip-nonfinite");
+          }
           if (o_.clip > 0 && norm > o_.clip) {
             const float coef = float(o_.clip / (norm + 1e-6));
             float* g = stage_.arena().grads();
@@ -203,6 +229,8 @@ class StageRunner {
     return stage_.last() ? sum / double(n) : NAN;
   }
 
+  // Steps skipped because their loss or gradients were not finite (--skip-nonfinite).
+  int64_t skipped() const { return skipped_; }
   // Every posted frame handed to its link (call before closing links or reading stats).
   void flush() { sender_.flush(); }
   // Wall seconds the compute thread spent blocked waiting for a neighbour.
@@ -223,7 +251,20 @@ class StageRunner {
 
   std::vector<std::byte> receive(transport::AnyLink& link, transport::Kind kind, int64_t step, int micro_batch) {
     const auto t0 = std::chrono::steady_clock::now();
-    transport::Message msg = link.recv(kind, o_.timeout);
+    transport::Message msg;
+    const int peer = &link == prev_ ? stage_.stage() - 1 : stage_.stage() + 1;
+    auto lost = [&](const Error& e) {
+      return cat("stage ", stage_.stage(), " lost stage ", peer, " at step ", step, " while waiting for ",
+                 transport::kind_name(kind), " of micro-batch ", micro_batch, ": ", e.problem());
+    };
+    try {
+      msg = link.recv(kind, o_.timeout);
+    } catch (const transport::LinkClosed& e) {
+      throw transport::LinkClosed(lost(e), e.fix());
+    } catch (const Error& e) {
+      throw Error(lost(e), e.fix().empty() ? "check that stage is alive; resume every stage from the last checkpoint"
+                                           : e.fix());
+    }
     wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     RESBM_CHECK(msg.header.step == uint64_t(step) && msg.header.micro_batch == uint32_t(micro_batch),
                 cat("stage ", stage_.stage(), " expected ", transport::kind_name(kind), " of step ", step,
@@ -245,6 +286,14 @@ class StageRunner {
     const size_t N = size_t(micro_batch_) * size_t(stage_.model().config().seq_len), off = size_t(m) * N;
     std::memcpy(acts.tokens.data(), tokens_.data() + off, N * sizeof(int32_t));
     std::memcpy(acts.targets.data(), targets_.data() + off, N * sizeof(int32_t));
+  }
+
+  std::string first_nonfinite_grad() const {
+    const ParamArena<float>& a = stage_.arena();
+    for (size_t i = 0; i < a.infos().size(); ++i)
+      for (const float g : a.grad(i))
+        if (!std::isfinite(g)) return a.info(i).name;
+    return "";
   }
 
   void count(size_t payload, bool forward) {
@@ -300,6 +349,7 @@ class StageRunner {
   std::vector<std::vector<std::byte>> act_in_, grad_in_;
   std::vector<int32_t> tokens_, targets_;
   double wait_s_ = 0;
+  int64_t skipped_ = 0;
   WireCount sent_;
   Sender sender_;  // last: its thread stops before the buffers it reads go away
 };
