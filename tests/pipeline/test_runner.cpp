@@ -186,3 +186,47 @@ TEST_CASE("a stage that fails stops its neighbours at once with the cause, not a
                     Catch::Matchers::Contains("stage 1 lost its GPU"));
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
 }
+
+TEST_CASE("a non-finite loss stops with stage, step and layer named; --skip-nonfinite skips the step") {
+  const auto c = small();
+  const auto tokens = corpus(c.vocab);
+  const data::BatchSampler sampler(tokens, 8, c.seq_len, 2);
+  using Codec = codec::presets::DenseFp32;
+  for (bool skip : {false, true}) {
+    std::vector<std::unique_ptr<pipeline::StageModel<Codec>>> stages;
+    std::vector<optim::AnyOptimizer> opts;
+    for (int s = 0; s < 2; ++s) {
+      stages.push_back(std::make_unique<pipeline::StageModel<Codec>>(c, s, 2));
+      stages.back()->init(3);
+      opts.emplace_back(optim::AdamW(stages.back()->arena(), optim::AdamWConfig{}));
+    }
+    auto& a1 = stages[1]->arena();
+    a1.param(a1.find("blocks.3.attn.wv.weight"))[5] = NAN;
+    std::vector<float> before(stages[0]->arena().params(), stages[0]->arena().params() + stages[0]->arena().size());
+    auto [x, y] = transport::make_in_process_pair();
+    std::vector<transport::AnyLink> links;
+    links.emplace_back(std::move(x));
+    links.emplace_back(std::move(y));
+    pipeline::RunnerOptions o;
+    o.skip_nonfinite = skip;
+    std::vector<int64_t> skipped(2);
+    auto body = [&](int s) {
+      Context ctx(1);
+      pipeline::StageRunner<Codec> runner(*stages[size_t(s)], opts[size_t(s)], s == 1 ? &links[1] : nullptr,
+                                          s == 0 ? &links[0] : nullptr, ctx, o, 8);
+      runner.train_step(sampler, 0, 1.0f);
+      runner.flush();
+      skipped[size_t(s)] = runner.skipped();
+    };
+    auto stop = [&](int s) { links[size_t(s)].close(); };
+    if (!skip) {
+      CHECK_THROWS_WITH(pipeline::run_stage_threads(2, body, stop),
+                        Catch::Matchers::Contains("at step 0 (stage 1, micro-batch 0): first non-finite values in "
+                                                  "blocks.3"));
+    } else {
+      pipeline::run_stage_threads(2, body, stop);
+      CHECK(skipped == std::vector<int64_t>{1, 1});  // both stages agree, through the global norm
+      for (size_t i = 0; i < before.size(); ++i) REQUIRE(stages[0]->arena().params()[i] == before[i]);
+    }
+  }
+}

@@ -130,6 +130,7 @@ class StageRunner {
   // the others) and the global gradient norm before clipping.
   std::pair<double, double> train_step(const data::BatchSampler& sampler, int64_t step, float lr_scale) {
     const int stage = stage_.stage();
+    poisoned_ = false;
     sample(sampler, step);
     double loss = 0;
     for (const Action& a : actions_) {
@@ -147,6 +148,11 @@ class StageRunner {
             throw;
           } catch (const Error& e) {  // e.g. a non-finite activation refused by the wire
             const std::string where = stage_.model().first_nonfinite(mbs_[m].acts);
+            if (o_.skip_nonfinite && !where.empty()) {
+              poisoned_ = true;
+              stage_.send_zero_forward(ctx_, mbs_[m]);
+              break;
+            }
             throw Error(cat("stage ", stage, ", step ", step, ", micro-batch ", m,
                             where.empty() ? std::string() : ", non-finite values from " + where, ": ", e.problem()),
                         e.fix());
@@ -158,6 +164,7 @@ class StageRunner {
                        where.empty() ? std::string() : ": first non-finite values in " + where),
                    "lower --lr or raise --warmup and resume from the last checkpoint, or pass --skip-nonfinite");
             }
+            poisoned_ = poisoned_ || !std::isfinite(l);
             loss += double(l) / o_.micro_batches;
           }
           break;
@@ -170,7 +177,17 @@ class StageRunner {
           grad_in_[m] = receive(*next_, transport::Kind::gradient, step, a.micro_batch);
           break;
         case Op::backward:
-          stage_.backward(ctx_, mbs_[m], grad_in_[m], 1.0f / float(o_.micro_batches));
+          if (!poisoned_) {
+            try {
+              stage_.backward(ctx_, mbs_[m], grad_in_[m], 1.0f / float(o_.micro_batches));
+              break;
+            } catch (const Error& e) {  // a non-finite gradient refused by the wire
+              if (!o_.skip_nonfinite) throw Error(cat("stage ", stage, ", step ", step, ", micro-batch ", m,
+                                                      " backward: ", e.problem()), e.fix());
+              poisoned_ = true;
+            }
+          }
+          stage_.send_zero_backward(ctx_, mbs_[m]);
           break;
         case Op::send_gradient:
           sender_.post(*prev_, header(transport::Kind::gradient, step, a.micro_batch), mbs_[m].grad);
@@ -323,7 +340,8 @@ class StageRunner {
   // which each stage waits for anyway: on a high-latency link the reduction costs nothing
   // extra.
   double global_norm(int64_t step) {
-    const double n = optim::clip_grad_norm(ctx_, stage_.arena(), 0.0);
+    // A poisoned stage makes the global norm NaN: every stage then skips the step together.
+    const double n = poisoned_ ? NAN : optim::clip_grad_norm(ctx_, stage_.arena(), 0.0);
     double sq = next_ ? receive_double(*next_, step) : 0.0;
     sq += n * n;
     double norm;
@@ -350,6 +368,7 @@ class StageRunner {
   std::vector<int32_t> tokens_, targets_;
   double wait_s_ = 0;
   int64_t skipped_ = 0;
+  bool poisoned_ = false;  // this step met non-finite values here (--skip-nonfinite)
   WireCount sent_;
   Sender sender_;  // last: its thread stops before the buffers it reads go away
 };

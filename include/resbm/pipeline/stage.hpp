@@ -122,6 +122,23 @@ class StageModel {
     if (decoder_) decoder_->backward(ctx, *mb.dec, model_.input_grad(mb.acts), mb.grad);
   }
 
+  // Valid payloads standing for "nothing": the code of a zero residual (forward) and of a
+  // zero gradient (backward). A step being skipped for non-finite values still has to
+  // answer every message its neighbours wait for, and NaN is never sent.
+  void send_zero_forward(const Context& ctx, MicroBatch& mb) {
+    if (!encoder_) return;
+    const int64_t N = mb.acts.batch * cfg_.seq_len;
+    mb.dout.zero();
+    encoder_->forward(ctx, *mb.enc, mb.dout.view({N, cfg_.d_model}),
+                      std::span<const int32_t>(mb.acts.tokens.data(), size_t(N)), mb.wire);
+  }
+  void send_zero_backward(const Context& ctx, MicroBatch& mb) {
+    if (!decoder_) return;
+    const int64_t N = mb.acts.batch * cfg_.seq_len;
+    mb.acts.dres.zero();
+    decoder_->backward(ctx, *mb.dec, mb.acts.dres.view({N, cfg_.d_model}), mb.grad);
+  }
+
  private:
   codec::Boundary boundary(int index) const { return {index, cfg_.d_model, cfg_.vocab}; }
 
