@@ -37,6 +37,7 @@ struct Options {
   double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
   uint64_t seed = 1;
   int64_t eval_every = 0, eval_batches = 8;
+  bool fuse_projections = true;
   // resbm-train's flags that the GPU path does not support yet: parsed so that using one
   // is a clear error rather than "unknown flag".
   std::string codec, schedule, listen, next, run_id, save, resume;
@@ -88,6 +89,7 @@ int resbm_train_cuda(int argc, char** argv) {
       .flag("eval-batches", &o.eval_batches, "validation batches per evaluation")
       .flag("metrics", &o.metrics, "write per-step metrics as JSONL to this file")
       .flag("skip-steps", &o.skip_steps, "first steps left out of tokens_per_s and step_ms (warm-up)")
+      .flag("fuse-projections", &o.fuse_projections, "one batched GEMM for q/k/v and one for gate/up")
       .flag("stages", &o.stages, "not supported on the GPU yet (1)")
       .flag("micro-batches", &o.micro_batches, "not supported on the GPU yet (1)")
       .flag("stage", &o.stage, "not supported on the GPU yet")
@@ -148,6 +150,7 @@ int resbm_train_cuda(int argc, char** argv) {
 
   CudaContext ctx(device_id(o.device));
   nn::CudaLlama model(ctx, cfg);
+  model.fuse_projections = o.fuse_projections;
   model.init(o.seed);
   optim::AdamWConfig oc;
   oc.lr = o.lr > 0 ? float(o.lr) : 2e-3f;  // resbm-train's AdamW default

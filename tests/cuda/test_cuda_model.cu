@@ -179,3 +179,31 @@ TEST_CASE("cuda llama slices (LayerRange) chained by hand equal the whole model"
   std::printf("slices: worst parameter gradient rel err %.3e\n", worst);
   CHECK(worst < 1e-5);  // the embedding's fp32 atomics may add in another order
 }
+
+TEST_CASE("cuda llama: batched q/k/v and gate/up projections give the per-weight GEMMs' loss and gradients") {
+  nn::LlamaConfig cfg = tiny();
+  cfg.vocab = 65;  // also the padded-logits path of a character vocabulary
+  const int64_t N = kBatch * cfg.seq_len;
+  nn::CudaLlama fused(ctx(), cfg), plain(ctx(), cfg);
+  plain.fuse_projections = false;
+  std::vector<int32_t> tok, tgt;
+  make_batch(3, N, cfg.vocab, tok, tgt);
+  double loss[2];
+  std::vector<float> g[2];
+  int i = 0;
+  for (auto* m : {&fused, &plain}) {
+    m->init(kSeed);
+    auto a = m->make_activations(kBatch);
+    m->set_batch(a, tok.data(), tgt.data());
+    m->zero_grad();
+    m->forward(a);
+    m->backward(a);
+    loss[i] = m->mean_loss(a);
+    g[i++] = m->download_grads();
+  }
+  const double e = rel_err(g[0].data(), g[1].data(), g[0].size());
+  std::printf("fused projections: loss %.7f vs %.7f, gradients rel err %.3e\n", loss[0], loss[1], e);
+  CHECK(std::isfinite(loss[0]));
+  CHECK(std::abs(loss[0] - loss[1]) / loss[1] < 1e-4);
+  CHECK(e < 1e-3);
+}

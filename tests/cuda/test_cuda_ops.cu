@@ -246,7 +246,10 @@ TEST_CASE("cuda rmsnorm forward and backward match the CPU op") {
 }
 
 TEST_CASE("cuda rope forward and backward match the CPU op") {
-  const int64_t B = 2, T = 77, H = 3, hd = 64;
+  // hd 64 takes the 16-byte kernel, hd 8 the scalar one.
+  for (const int64_t hd : {int64_t(64), int64_t(8)}) {
+  std::printf("rope hd=%ld\n", long(hd));
+  const int64_t B = 2, T = 77, H = 3;
   ops::RopeTable<float> table(128, hd);
   ops::CudaRopeTable dtable(table);
   auto x = randn(size_t(B * T * H * hd));
@@ -260,6 +263,7 @@ TEST_CASE("cuda rope forward and backward match the CPU op") {
   auto d_g = upload_bf16(ref);
   ops::rope_backward(ctx(), d_g.view({B, T, H, hd}), dtable);
   CHECK_REL(download(d_g), rback, kBf16);
+  }
 }
 
 TEST_CASE("cuda swiglu forward and backward match the CPU op") {

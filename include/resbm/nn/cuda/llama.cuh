@@ -29,9 +29,10 @@
 
 namespace resbm::nn {
 
-// What one block keeps between forward and backward (bf16 unless noted).
+// What one block keeps between forward and backward (bf16 unless noted). q, k, v are one
+// buffer [3, N, C] and gate, up one [2, N, F], so each group is one batched GEMM's output.
 struct CudaBlockActivations {
-  DeviceBuffer<bf16> ln1, q, k, v, att, mid, ln2, gate, up, h;
+  DeviceBuffer<bf16> ln1, qkv, att, mid, ln2, gu, h;
   DeviceBuffer<float> rstd1, rstd2, cache;
 };
 
@@ -107,9 +108,14 @@ class CudaLlama {
     if (r_.embed) emb_ = idx("tok_embeddings.weight");
     for (int l = r_.first; l < r_.last; ++l) {
       const std::string p = "blocks." + std::to_string(l) + ".";
-      blocks_.push_back({idx(p + "attn_norm.weight"), idx(p + "attn.wq.weight"), idx(p + "attn.wk.weight"),
-                         idx(p + "attn.wv.weight"), idx(p + "attn.wo.weight"), idx(p + "mlp_norm.weight"),
-                         idx(p + "mlp.w1.weight"), idx(p + "mlp.w3.weight"), idx(p + "mlp.w2.weight")});
+      BlockParams b{idx(p + "attn_norm.weight"), idx(p + "attn.wq.weight"), idx(p + "attn.wk.weight"),
+                    idx(p + "attn.wv.weight"), idx(p + "attn.wo.weight"), idx(p + "mlp_norm.weight"),
+                    idx(p + "mlp.w1.weight"), idx(p + "mlp.w3.weight"), idx(p + "mlp.w2.weight"), 0, 0};
+      // The batched projections need the weights of a group at equal, positive distances.
+      auto off = [&](size_t i) { return int64_t(layout_.info(i).offset); };
+      if (off(b.wk) > off(b.wq) && off(b.wv) - off(b.wk) == off(b.wk) - off(b.wq)) b.qkv_stride = off(b.wk) - off(b.wq);
+      if (off(b.w3) > off(b.w1)) b.gu_stride = off(b.w3) - off(b.w1);
+      blocks_.push_back(b);
     }
     if (r_.head) {
       norm_ = idx("norm.weight");
@@ -126,6 +132,10 @@ class CudaLlama {
   }
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;
+
+  // One batched GEMM for q, k, v and one for gate, up (forward and weight gradients), or
+  // a GEMM per weight when off (the same sums; kept to measure and test the fusion).
+  bool fuse_projections = true;
 
   const LlamaConfig& config() const { return c_; }
   const LayerRange& range() const { return r_; }
@@ -183,8 +193,10 @@ class CudaLlama {
     for (size_t i = 0; i < blocks_.size(); ++i) {
       s.outs[i].resize(N * C);
       CudaBlockActivations& b = s.blocks[i];
-      for (DeviceBuffer<bf16>* x : {&b.ln1, &b.q, &b.k, &b.v, &b.att, &b.mid, &b.ln2}) x->resize(N * C);
-      for (DeviceBuffer<bf16>* x : {&b.gate, &b.up, &b.h}) x->resize(N * F);
+      for (DeviceBuffer<bf16>* x : {&b.ln1, &b.att, &b.mid, &b.ln2}) x->resize(N * C);
+      b.qkv.resize(3 * N * C);
+      b.gu.resize(2 * N * F);
+      b.h.resize(N * F);
       b.rstd1.resize(N);
       b.rstd2.resize(N);
       b.cache.resize(size_t(ops::cuda_attention_cache_size(batch, c_.seq_len, c_.n_heads)));
@@ -291,6 +303,7 @@ class CudaLlama {
  private:
   struct BlockParams {
     size_t ln1, wq, wk, wv, wo, ln2, w1, w3, w2;
+    int64_t qkv_stride, gu_stride;  // arena distance wq→wk→wv and w1→w3 (0: not batchable)
   };
 
   // Row stride of the logits: the vocabulary rounded up to 8 (16-byte rows for cuBLASLt),
@@ -321,9 +334,75 @@ class CudaLlama {
     if (B <= scratch_batch_) return;
     scratch_batch_ = B;
     const size_t N = size_t(B * c_.seq_len), C = size_t(c_.d_model), F = size_t(c_.ffn_hidden());
-    for (DeviceBuffer<bf16>* x : {&dln_, &datt_, &dq_, &dk_, &dv_}) x->resize(N * C);
-    for (DeviceBuffer<bf16>* x : {&dh_, &dgate_, &dup_}) x->resize(N * F);
+    for (DeviceBuffer<bf16>* x : {&dln_, &datt_}) x->resize(N * C);
+    dqkv_.resize(3 * N * C);
+    dh_.resize(N * F);
+    dgu_.resize(2 * N * F);
     if (r_.head) dlogits_.resize(N * size_t(vocab_ld()));
+  }
+
+  // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a
+  // copy of the residual, then the GEMM adds into it with beta = 1 (one rounding to bf16).
+  // The q, k, v projections (or gate, up) of weights w[0..count): one batched GEMM from the
+  // shared input when the weights are evenly spaced (w_stride > 0) and fuse_projections is
+  // on, else one GEMM each. Outputs are adjacent [count, N, OC].
+  void project(const bf16* in, int64_t N, int64_t K, const size_t* w, int count, int64_t w_stride, int64_t OC,
+               bf16* out) {
+    if (fuse_projections && w_stride > 0) {
+      ops::gemm_batched<bf16>(*ctx_, false, true, N, OC, K, 1.0f, in, K, 0, p16(w[0]).data, K, w_stride, 0.0f, out,
+                              OC, N * OC, count);
+      return;
+    }
+    for (int i = 0; i < count; ++i)
+      ops::gemm<bf16>(*ctx_, false, true, N, OC, K, 1.0f, in, K, p16(w[i]).data, K, 0.0f, out + i * N * OC, OC);
+  }
+  // Backward of project(): weight gradients += doutᵢᵀ · in (batched like the forward), and
+  // din = Σᵢ doutᵢ · Wᵢ, written.
+  void project_backward(const bf16* in, const bf16* dout, int64_t N, int64_t K, const size_t* w, int count,
+                        int64_t w_stride, int64_t OC, bf16* din) {
+    if (fuse_projections && w_stride > 0) {
+      ops::gemm_batched<float>(*ctx_, true, false, OC, K, N, 1.0f, dout, OC, N * OC, in, K, 0, 1.0f, g32(w[0]).data, K,
+                               w_stride, count);
+    } else {
+      for (int i = 0; i < count; ++i)
+        ops::gemm<float>(*ctx_, true, false, OC, K, N, 1.0f, dout + i * N * OC, OC, in, K, 1.0f, g32(w[i]).data, K);
+    }
+    for (int i = 0; i < count; ++i)
+      ops::gemm<bf16>(*ctx_, false, false, N, K, OC, 1.0f, dout + i * N * OC, OC, p16(w[i]).data, K,
+                      i == 0 ? 0.0f : 1.0f, din, K);
+  }
+
+  // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a
+  // copy of the residual, then the GEMM adds into it with beta = 1 (one rounding to bf16).
+  // The q, k, v projections (or gate, up): one batched GEMM from the shared input when the
+  // weights are evenly spaced and fuse_projections is on, else one GEMM each.
+  void project(const bf16* in, int64_t N, int64_t K, size_t w0, int64_t w_stride, int count, int64_t OC, bf16* out) {
+    if (fuse_projections && w_stride > 0) {
+      ops::gemm_batched<bf16>(*ctx_, false, true, N, OC, K, 1.0f, in, K, 0, p16(w0).data, K, w_stride, 0.0f, out, OC,
+                              N * OC, count);
+      return;
+    }
+    const int64_t w_step = int64_t(layout_.info(w0 + 1).offset) - int64_t(layout_.info(w0).offset);
+    for (int i = 0; i < count; ++i)
+      ops::gemm<bf16>(*ctx_, false, true, N, OC, K, 1.0f, in, K, p16(w0).data + i * w_step, K, 0.0f,
+                      out + i * N * OC, OC);
+  }
+  // Backward of project(): weight gradients += doutᵢᵀ · in (batched like the forward), and
+  // din = Σᵢ doutᵢ · Wᵢ, written.
+  void project_backward(const bf16* in, const bf16* dout, int64_t N, int64_t K, size_t w0, int64_t w_stride,
+                        int count, int64_t OC, bf16* din) {
+    const int64_t w_step = int64_t(layout_.info(w0 + 1).offset) - int64_t(layout_.info(w0).offset);
+    if (fuse_projections && w_stride > 0) {
+      ops::gemm_batched<float>(*ctx_, true, false, OC, K, N, 1.0f, dout, OC, N * OC, in, K, 0, 1.0f, g32(w0).data, K,
+                               w_stride, count);
+    } else {
+      for (int i = 0; i < count; ++i)
+        ops::gemm<float>(*ctx_, true, false, OC, K, N, 1.0f, dout + i * N * OC, OC, in, K, 1.0f,
+                         g32(w0).data + i * w_step, K);
+    }
+    for (int i = 0; i < count; ++i)
+      ops::gemm<bf16>(*ctx_, false, false, N, K, OC, 1.0f, dout + i * N * OC, OC, p16(w0).data + i * w_step, K,
+                      i == 0 ? 0.0f : 1.0f, din, K);
   }
 
   // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a
@@ -332,23 +411,22 @@ class CudaLlama {
     CudaContext& ctx = *ctx_;
     const int64_t T = c_.seq_len, H = c_.n_heads, D = c_.head_dim(), N = B * T, C = c_.d_model, F = c_.ffn_hidden();
     ops::rmsnorm_forward(ctx, s.ln1.view({N, C}), s.rstd1.view({N}), cview(x, {N, C}), p16(P.ln1), c_.norm_eps);
-    const auto ln1 = cview(s.ln1.data(), {N, C});
-    ops::matmul_forward<bf16>(ctx, s.q.view({N, C}), ln1, p16(P.wq));
-    ops::matmul_forward<bf16>(ctx, s.k.view({N, C}), ln1, p16(P.wk));
-    ops::matmul_forward<bf16>(ctx, s.v.view({N, C}), ln1, p16(P.wv));
-    ops::rope_forward(ctx, s.q.view({B, T, H, D}), rope_);
-    ops::rope_forward(ctx, s.k.view({B, T, H, D}), rope_);
+    bf16* q = s.qkv.data();
+    bf16 *k = q + N * C, *v = k + N * C;
+    const size_t wqkv[3] = {P.wq, P.wk, P.wv};
+    project(s.ln1.data(), N, C, wqkv, 3, P.qkv_stride, C, q);
+    ops::rope_forward(ctx, CudaTensor<bf16>(q, {2 * B, T, H, D}), rope_);  // q and k are adjacent: one launch
     ops::attention_forward(ctx, s.att.view({B, T, H, D}), s.cache.view({int64_t(s.cache.size())}),
-                           cview(s.q.data(), {B, T, H, D}), cview(s.k.data(), {B, T, H, D}),
-                           cview(s.v.data(), {B, T, H, D}));
+                           cview(q, {B, T, H, D}), cview(k, {B, T, H, D}), cview(v, {B, T, H, D}));
     RESBM_CUDA_CHECK(cudaMemcpyAsync(s.mid.data(), x, size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice, ctx.stream));
     ops::gemm<bf16>(ctx, false, true, N, C, C, 1.0f, s.att.data(), C, p16(P.wo).data, C, 1.0f, s.mid.data(), C);
     ops::rmsnorm_forward(ctx, s.ln2.view({N, C}), s.rstd2.view({N}), cview(s.mid.data(), {N, C}), p16(P.ln2),
                          c_.norm_eps);
-    const auto ln2 = cview(s.ln2.data(), {N, C});
-    ops::matmul_forward<bf16>(ctx, s.gate.view({N, F}), ln2, p16(P.w1));
-    ops::matmul_forward<bf16>(ctx, s.up.view({N, F}), ln2, p16(P.w3));
-    ops::swiglu_forward(ctx, s.h.view({N, F}), cview(s.gate.data(), {N, F}), cview(s.up.data(), {N, F}));
+    bf16* gate = s.gu.data();
+    bf16* up = gate + N * F;
+    const size_t wgu[2] = {P.w1, P.w3};
+    project(s.ln2.data(), N, C, wgu, 2, P.gu_stride, F, gate);
+    ops::swiglu_forward(ctx, s.h.view({N, F}), cview(gate, {N, F}), cview(up, {N, F}));
     RESBM_CUDA_CHECK(cudaMemcpyAsync(y, s.mid.data(), size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice, ctx.stream));
     ops::gemm<bf16>(ctx, false, true, N, C, F, 1.0f, s.h.data(), F, p16(P.w2).data, F, 1.0f, y, C);
   }
@@ -360,25 +438,27 @@ class CudaLlama {
     const auto dres = cview(dres_p, {N, C});
     // MLP half: y = mid + w2·swiglu(w1·ln2, w3·ln2)
     ops::matmul_backward(ctx, dh_.view({N, F}), g32(P.w2), dres, cview(s.h.data(), {N, F}), p16(P.w2), false);
-    ops::swiglu_backward(ctx, dgate_.view({N, F}), dup_.view({N, F}), cview(dh_.data(), {N, F}),
-                         cview(s.gate.data(), {N, F}), cview(s.up.data(), {N, F}));
-    const auto ln2 = cview(s.ln2.data(), {N, C});
-    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.w1), cview(dgate_.data(), {N, F}), ln2, p16(P.w1), false);
-    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.w3), cview(dup_.data(), {N, F}), ln2, p16(P.w3), true);
+    const bf16* gate = s.gu.data();
+    bf16* dgate = dgu_.data();
+    ops::swiglu_backward(ctx, CudaTensor<bf16>(dgate, {N, F}), CudaTensor<bf16>(dgate + N * F, {N, F}),
+                         cview(dh_.data(), {N, F}), cview(gate, {N, F}), cview(gate + N * F, {N, F}));
+    const size_t wgu[2] = {P.w1, P.w3};
+    project_backward(s.ln2.data(), dgate, N, C, wgu, 2, P.gu_stride, F, dln_.data());
     ops::rmsnorm_backward(ctx, CudaTensor<bf16>(dres_p, {N, C}), g32(P.ln2), cview(dln_.data(), {N, C}),
                           cview(s.mid.data(), {N, C}), p16(P.ln2), CudaTensor<const float>(s.rstd2.data(), {N}));
     // Attention half: mid = x + wo·attn(rope(wq·ln1), rope(wk·ln1), wv·ln1)
     ops::matmul_backward(ctx, datt_.view({N, C}), g32(P.wo), dres, cview(s.att.data(), {N, C}), p16(P.wo), false);
-    ops::attention_backward(ctx, dq_.view({B, T, H, D}), dk_.view({B, T, H, D}), dv_.view({B, T, H, D}),
-                            cview(datt_.data(), {B, T, H, D}), s.cache.view({int64_t(s.cache.size())}),
-                            cview(s.q.data(), {B, T, H, D}), cview(s.k.data(), {B, T, H, D}),
-                            cview(s.v.data(), {B, T, H, D}), cview(s.att.data(), {B, T, H, D}));
-    ops::rope_backward(ctx, dq_.view({B, T, H, D}), rope_);
-    ops::rope_backward(ctx, dk_.view({B, T, H, D}), rope_);
-    const auto ln1 = cview(s.ln1.data(), {N, C});
-    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.wq), cview(dq_.data(), {N, C}), ln1, p16(P.wq), false);
-    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.wk), cview(dk_.data(), {N, C}), ln1, p16(P.wk), true);
-    ops::matmul_backward(ctx, dln_.view({N, C}), g32(P.wv), cview(dv_.data(), {N, C}), ln1, p16(P.wv), true);
+    const bf16* q = s.qkv.data();
+    bf16* dq = dqkv_.data();
+    bf16 *dk = dq + N * C, *dv = dk + N * C;
+    ops::attention_backward(ctx, CudaTensor<bf16>(dq, {B, T, H, D}), CudaTensor<bf16>(dk, {B, T, H, D}),
+                            CudaTensor<bf16>(dv, {B, T, H, D}), cview(datt_.data(), {B, T, H, D}),
+                            s.cache.view({int64_t(s.cache.size())}), cview(q, {B, T, H, D}),
+                            cview(q + N * C, {B, T, H, D}), cview(q + 2 * N * C, {B, T, H, D}),
+                            cview(s.att.data(), {B, T, H, D}));
+    ops::rope_backward(ctx, CudaTensor<bf16>(dq, {2 * B, T, H, D}), rope_);  // dq and dk too
+    const size_t wqkv[3] = {P.wq, P.wk, P.wv};
+    project_backward(s.ln1.data(), dq, N, C, wqkv, 3, P.qkv_stride, C, dln_.data());
     ops::rmsnorm_backward(ctx, CudaTensor<bf16>(dres_p, {N, C}), g32(P.ln1), cview(dln_.data(), {N, C}),
                           cview(x, {N, C}), p16(P.ln1), CudaTensor<const float>(s.rstd1.data(), {N}));
   }
@@ -393,7 +473,7 @@ class CudaLlama {
   size_t emb_ = 0, norm_ = 0, head_ = 0, n_ = 0;
   DeviceBuffer<float> params_, grads_;
   DeviceBuffer<bf16> params16_;
-  DeviceBuffer<bf16> dln_, datt_, dq_, dk_, dv_, dh_, dgate_, dup_, dlogits_;
+  DeviceBuffer<bf16> dln_, datt_, dqkv_, dh_, dgu_, dlogits_;
   int64_t scratch_batch_ = 0;
 };
 

@@ -152,8 +152,10 @@ struct LtPlan {
   cublasLtMatmulAlgo_t algo{};
   size_t workspace = 0;
 };
+// (ops, m, n, k, leading dims, C type, alignments, reserved, reserved, batch count, batch
+// strides of the three operands)
 using LtKey = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int,
-                         int, int, int>;
+                         int, int, int, int64_t, int64_t, int64_t, int64_t>;
 
 class CudaContext {
  public:

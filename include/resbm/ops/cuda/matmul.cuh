@@ -9,8 +9,10 @@
 // Descriptors, layouts and the heuristic's algorithm are cached in the context per (shape,
 // transposes, leading dimensions, dtypes, pointer alignments); the workspace is the
 // context's. Epilogues (bias, GELU, dbias) are not used yet.
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "resbm/ops/cuda/context.cuh"
 
@@ -36,13 +38,18 @@ inline int alignment_of(const void* p) {
 
 }  // namespace cuda_detail_matmul
 
-// C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, all row-major (as the CPU gemm).
-// A and B are bf16; C is bf16 or float. Accumulation in fp32.
+// `batch` GEMMs C_i = alpha · op(A_i) · op(B_i) + beta · C_i in one launch, X_i = X + i ·
+// stride_X (elements; a stride of 0 shares the operand). The fused projections use it: the
+// q, k, v (and gate, up) weights lie at equal distances in the arena, so one launch
+// computes all three from the same input into adjacent outputs, with 3x the tiles to fill
+// the SMs with, and the weight gradients likewise.
 template <class TC>
-void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-          const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta, TC* C, int64_t ldc) {
+void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const bf16* A, int64_t lda, int64_t stride_a, const bf16* B, int64_t ldb, int64_t stride_b,
+                  float beta, TC* C, int64_t ldc, int64_t stride_c, int64_t batch) {
   using namespace cuda_detail_matmul;
-  if (M == 0 || N == 0) return;
+  if (M == 0 || N == 0 || batch == 0) return;
+  if (batch == 1) stride_a = stride_b = stride_c = 0;
   // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep
   // the transpose flags; a row-major [r, c] matrix with leading dim ld is a column-major
   // [c, r] one with the same ld.
@@ -50,8 +57,13 @@ void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, in
   const cublasOperation_t opb = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // second operand: A
   const int64_t m = N, n = M, k = K;
   const cudaDataType_t ct = lt_type<TC>();
-  const int al_a = alignment_of(B), al_b = alignment_of(A), al_c = alignment_of(C);
-  const LtKey key{int(opa), int(opb), m, n, k, ldb, lda, ldc, int(ct), al_a, al_b, al_c, 0, 0};
+  // Every batch's pointer must have the alignment the algorithm is picked for.
+  auto align = [](const void* p, int64_t stride_bytes) {
+    return std::min(alignment_of(p), stride_bytes ? alignment_of(reinterpret_cast<const void*>(stride_bytes)) : 256);
+  };
+  const int al_a = align(B, stride_b * 2), al_b = align(A, stride_a * 2), al_c = align(C, stride_c * int64_t(sizeof(TC)));
+  const LtKey key{int(opa), int(opb), m, n, k, ldb, lda, ldc, int(ct), al_a, al_b, al_c, 0, 0,
+                  batch, stride_b, stride_a, stride_c};
   auto it = ctx.plans.find(key);
   if (it == ctx.plans.end()) {
     LtPlan p;
@@ -64,6 +76,16 @@ void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, in
     RESBM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, opb == CUBLAS_OP_N ? k : n,
                                                   opb == CUBLAS_OP_N ? n : k, lda));
     RESBM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, ct, m, n, ldc));
+    if (batch > 1) {
+      const int32_t count = int32_t(batch);
+      const std::pair<cublasLtMatrixLayout_t, int64_t> layouts[] = {{p.a, stride_b}, {p.b, stride_a}, {p.c, stride_c}};
+      for (const auto& [layout, stride] : layouts) {
+        RESBM_CUBLAS_CHECK(
+            cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+        RESBM_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                            &stride, sizeof stride));
+      }
+    }
     cublasLtMatmulPreference_t pref;
     RESBM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = ctx.workspace.size();
@@ -94,6 +116,14 @@ void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, in
   const LtPlan& p = it->second;
   RESBM_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                     ctx.workspace.data(), ctx.workspace.size(), ctx.stream));
+}
+
+// C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, all row-major (as the CPU gemm).
+// A and B are bf16; C is bf16 or float. Accumulation in fp32.
+template <class TC>
+void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta, TC* C, int64_t ldc) {
+  gemm_batched<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
 // out[N,OC] = inp[N,C] · weight[OC,C]ᵀ; out is bf16 or float.
