@@ -1,0 +1,7 @@
+// libFuzzer entry point; the body is resbm::fuzz::frame_one (targets.hpp). Built by run.sh:
+//   clang++ -std=c++20 -fsanitize=fuzzer,address,undefined
+#include "targets.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return resbm::fuzz::frame_one(data, size);
+}
