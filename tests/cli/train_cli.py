@@ -128,6 +128,49 @@ def check_launch_errors():
     assert "d_model 30 is not divisible by n_heads" in p.stderr or "odd" in p.stderr, p.stderr
 
 
+def check_kill_resume():
+    """Kill one stage process mid-run: the others stop within their timeout naming the lost
+    stage and step; resuming from the checkpoints gives the uninterrupted run's losses."""
+    import signal
+    import time
+    d = fresh("kill")
+    flags = [*TINY, "--layers", "4", "--steps", "30", "--warmup", "5", "--stages", "4", "--micro-batches", "2",
+             "--threads", "1", "--timeout", "10"]
+    run(*flags, "--metrics", f"{d}/whole.jsonl", binary=LAUNCH)
+    whole = losses(f"{d}/whole.jsonl")
+
+    # Slow every link a little so that the run is still going when the kill lands.
+    slow = ["--link-latency-ms", "20"]
+    p = subprocess.Popen([LAUNCH, *flags, *slow, "--save", f"{d}/ckpt", "--save-every", "4",
+                          "--metrics", f"{d}/first.jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if os.path.exists(f"{d}/first.jsonl") and len(open(f"{d}/first.jsonl").read().splitlines()) >= 10:
+            break
+        time.sleep(0.05)
+    victim = subprocess.run(["pgrep", "-f", "--", f"--stage 2 .*{d}/ckpt"], capture_output=True, text=True).stdout.split()
+    assert len(victim) == 1, f"expected one stage-2 process, found {victim}"
+    killed_at = time.time()
+    os.kill(int(victim[0]), signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    took = time.time() - killed_at
+    assert p.returncode != 0, "the launcher reported success after a stage was killed"
+    assert "stage 2 was killed by signal 9" in err, err
+    for k in [1, 3]:
+        assert f"stage {k} lost stage 2 at step" in err, f"stage {k} did not name the lost stage:\n{err}"
+    assert took < 10 + 20, f"the surviving stages took {took:.1f}s to stop"
+
+    steps = [json.load(open(f"{d}/ckpt/stage-{k}.manifest.json"))["checkpoints"][-1]["step"] for k in range(4)]
+    assert min(steps) >= 4, f"no checkpoint survived: {steps}"
+    run(*flags, "--resume", f"{d}/ckpt", "--save", f"{d}/ckpt", "--metrics", f"{d}/second.jsonl", binary=LAUNCH)
+    second = losses(f"{d}/second.jsonl")
+    start = min(second) - 1
+    assert start in steps, f"resumed at step {start}, not a saved step {steps}"
+    assert sorted(second) == list(range(start + 1, 31)), sorted(second)
+    for step, loss in second.items():
+        assert loss == whole[step], f"step {step}: resumed {loss} != uninterrupted {whole[step]}"
+
+
 def check_converges():
     """The default model on TinyShakespeare: validation loss below 2.5 nats (uniform is 4.17)."""
     r = result(run("--steps", "150", "--warmup", "15", "--threads", "2"))
