@@ -1,6 +1,5 @@
 // Inputs the fuzzers (tests/fuzz) found to be mishandled, kept as tests. A case tagged
-// [!shouldfail] pins a finding not fixed yet: it passes while the fault is there, and
-// fails (and must lose the tag) once the fix lands.
+// Each case failed before its fix.
 #include <string>
 
 #include "resbm/transport/tcp.hpp"
@@ -19,7 +18,7 @@ HandshakeReply decode(const std::string& json) {
 // "n_stages" are read as int64 and narrowed to int, so 4294967298 arrives as stage 2 and
 // passes verify_handshake for a peer that expects stage 2. decode_handshake should refuse
 // numbers outside [0, 2^31).
-TEST_CASE("handshake: a stage index beyond int is refused, not wrapped", "[!shouldfail]") {
+TEST_CASE("handshake: a stage index beyond int is refused, not wrapped") {
   const std::string wrapped =
       R"({"run_id":"run","stage":4294967298,"n_stages":4,"config_hash":"0000000000c0ffee","ok":true})";
   std::string error;
@@ -32,7 +31,7 @@ TEST_CASE("handshake: a stage index beyond int is refused, not wrapped", "[!shou
   REQUIRE(error.find("stage") != std::string::npos);
 }
 
-TEST_CASE("handshake: a stage count beyond int is refused, not wrapped", "[!shouldfail]") {
+TEST_CASE("handshake: a stage count beyond int is refused, not wrapped") {
   const std::string wrapped =
       R"({"run_id":"run","stage":1,"n_stages":4294967300,"config_hash":"0000000000c0ffee","ok":true})";
   std::string error;

@@ -119,8 +119,15 @@ inline HandshakeReply decode_handshake(std::span<const std::byte> payload, const
         std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()));
     HandshakeReply r;
     r.peer.run_id = j.at("run_id").as_string();
-    r.peer.stage = int(j.at("stage").as_int64());
-    r.peer.n_stages = int(j.at("n_stages").as_int64());
+    // Range-checked before narrowing: a peer claiming stage 2^32 + 2 is not stage 2.
+    auto index = [&](const char* key, int64_t lo) {
+      const int64_t v = j.at(key).as_int64();
+      RESBM_CHECK(v >= lo && v < (int64_t(1) << 31), cat(key, " ", v, " is out of range"),
+                  "run the same resbm version on every stage");
+      return int(v);
+    };
+    r.peer.stage = index("stage", 0);
+    r.peer.n_stages = index("n_stages", 1);
     const std::string& hx = j.at("config_hash").as_string();
     RESBM_CHECK(hx.size() == 16 && hx.find_first_not_of("0123456789abcdef") == std::string::npos,
                 cat("config_hash \"", hx, "\" is not 16 lowercase hex digits"),
