@@ -16,7 +16,10 @@ endif()
 function(resbm_warnings target)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -Wno-unknown-pragmas>
-    $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+    $<$<COMPILE_LANGUAGE:CXX>:-march=native>
+    # GCC 13 reports maybe-uninitialized inside std::variant moves (io::Json) that are
+    # initialised; kept visible as a warning, not an error.
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>,$<VERSION_GREATER_EQUAL:$<CXX_COMPILER_VERSION>,13>>:-Wno-error=maybe-uninitialized>)
   if(RESBM_SANITIZER STREQUAL "address")
     target_compile_options(${target} PRIVATE
       $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined>)
