@@ -73,7 +73,7 @@ Child spawn(const std::string& exe, const std::vector<std::string>& args) {
 int run(int argc, char** argv) {
   int stages = 4;
   int base_port = 0;
-  std::string host = "127.0.0.1";
+  std::string host = "127.0.0.1", tls_dir;
   std::vector<std::string> pass;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -88,6 +88,7 @@ int run(int argc, char** argv) {
           "  --stages S      number of stage processes [default: 4]\n"
           "  --base-port P   stage k listens on P+k (0 = free ports picked by the kernel) [default: 0]\n"
           "  --host H        address the stages bind and connect to [default: 127.0.0.1]\n"
+          "  --tls-dir D     mutual TLS with D/ca.crt and D/stage-K.crt/.key (examples/make_certs.sh D S)\n"
           "Every other flag goes to each resbm-train (see resbm-train --help); the default codec is\n"
           "resbm (rank 2). Ends with a line RESULT {json} for the whole run.\n");
       return 0;
@@ -97,7 +98,9 @@ int run(int argc, char** argv) {
       base_port = std::stoi(value("--base-port"));
     } else if (a == "--host") {
       host = value("--host");
-    } else if (a == "--stage" || a == "--listen" || a == "--next") {
+    } else if (a == "--tls-dir") {
+      tls_dir = value("--tls-dir");
+    } else if (a == "--stage" || a == "--listen" || a == "--next" || a.rfind("--tls-", 0) == 0) {
       fail(cat(a, " is set by resbm-launch for each stage"), cat("drop ", a, " from the command line"));
     } else {
       pass.push_back(a);
@@ -117,6 +120,11 @@ int run(int argc, char** argv) {
     std::vector<std::string> args{"--stages", std::to_string(stages), "--stage", std::to_string(k), "--run-id", run_id};
     if (k > 0) args.insert(args.end(), {"--listen", cat(host, ":", ports[size_t(k)])});
     if (k + 1 < stages) args.insert(args.end(), {"--next", cat(host, ":", ports[size_t(k + 1)])});
+    if (!tls_dir.empty()) {
+      const auto d = std::filesystem::path(tls_dir);
+      args.insert(args.end(), {"--tls-ca", (d / "ca.crt").string(), "--tls-cert", (d / cat("stage-", k, ".crt")).string(),
+                               "--tls-key", (d / cat("stage-", k, ".key")).string()});
+    }
     args.insert(args.end(), pass.begin(), pass.end());
     children.push_back(spawn(exe, args));
   }
@@ -206,7 +214,7 @@ int run(int argc, char** argv) {
   out.set("wire_bytes_per_token", dense > 0 ? (fwd + bwd) * 4.0 * d_model / dense : 0.0);
   out.set("params", params);
   out.set("per_stage", per_stage);
-  out.set("transport", "tcp");
+  out.set("transport", tls_dir.empty() ? "tcp" : "tls");
   std::printf("RESULT %s\n", out.dump().c_str());
   return 0;
 }

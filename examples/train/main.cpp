@@ -39,6 +39,7 @@ struct Options {
   // One process per stage (--stage k): where to listen for stage k-1, where stage k+1 is.
   int stage = -1;
   std::string listen, next, run_id = "resbm";
+  std::string tls_ca, tls_cert, tls_key;
   double timeout_s = 120, link_mbps = 0, link_latency_ms = 0, link_jitter_ms = 0, max_frame_mb = 256;
 };
 
@@ -418,22 +419,40 @@ int train_process(const Options& o, const nn::LlamaConfig& cfg, Context& ctx, co
   to.accept_timeout = std::chrono::milliseconds(int64_t(o.timeout_s * 1000));
   // Bind first, so that the previous stage's connect finds a listener; then connect to the
   // next stage (its handshake completes once it accepts); then accept the previous one.
-  std::unique_ptr<transport::TcpListener> listener;
+  const bool tls = !o.tls_ca.empty() || !o.tls_cert.empty() || !o.tls_key.empty();
+  RESBM_CHECK(!tls || (!o.tls_ca.empty() && !o.tls_cert.empty() && !o.tls_key.empty()),
+              "TLS needs all of --tls-ca, --tls-cert and --tls-key",
+              "pass the run's CA and this stage's certificate and key (examples/make_certs.sh makes them)");
+  const transport::TlsOptions tls_files{o.tls_ca, o.tls_cert, o.tls_key};
+  std::unique_ptr<transport::TcpListener> plain_listener;
+  std::unique_ptr<transport::TlsListener> tls_listener;
+  std::string listen_host;
   if (k > 0) {
     auto [host, port] = host_port("listen", o.listen);
-    listener = std::make_unique<transport::TcpListener>(host, port);
+    listen_host = host;
+    if (tls)
+      tls_listener = std::make_unique<transport::TlsListener>(host, port, tls_files);
+    else
+      plain_listener = std::make_unique<transport::TcpListener>(host, port);
   }
   transport::AnyLink prev, next;
   if (k + 1 < S) {
     auto [host, port] = host_port("next", o.next);
     transport::Handshake h = hs;
     h.expect_peer = k + 1;
-    next = shape(o, transport::TcpLink::connect(host, port, h, to), k);
+    if (!tls)
+      next = shape(o, transport::TcpLink::connect(host, port, h, to), k);
+    else if (tls_listener)
+      next = shape(o, tls_listener->connect(host, port, h, to), k);
+    else
+      next = shape(o, transport::TlsLink::connect(host, port, h, to, tls_files), k);
+    if (!tls) transport::warn_if_plain_on_public(host);
   }
-  if (listener) {
+  if (k > 0) {
     transport::Handshake h = hs;
     h.expect_peer = k - 1;
-    prev = shape(o, listener->accept(h, to), k);
+    prev = tls ? shape(o, tls_listener->accept(h, to), k) : shape(o, plain_listener->accept(h, to), k);
+    if (!tls) transport::warn_if_plain_on_public(listen_host);
   }
   std::fprintf(stderr, "resbm-train: stage %d of %d up (%s%s%s)\n", k, S, prev ? ("prev " + prev.peer()).c_str() : "",
                prev && next ? ", " : "", next ? ("next " + next.peer()).c_str() : "");
@@ -483,6 +502,9 @@ int run(int argc, char** argv) {
       .flag("listen", &o.listen, "with --stage k > 0: HOST:PORT to accept stage k-1 on")
       .flag("next", &o.next, "with --stage k < S-1: HOST:PORT of stage k+1")
       .flag("run-id", &o.run_id, "name of the run; stages of another run are refused at the handshake")
+      .flag("tls-ca", &o.tls_ca, "with --stage: the run's CA certificate; with --tls-cert/--tls-key, links use mutual TLS 1.3")
+      .flag("tls-cert", &o.tls_cert, "with --stage: this stage's certificate (CN=resbm-stage-K)")
+      .flag("tls-key", &o.tls_key, "with --stage: this stage's private key")
       .flag("timeout", &o.timeout_s, "seconds to wait for a neighbour before failing")
       .flag("max-frame-mb", &o.max_frame_mb, "largest frame payload accepted, in MiB")
       .flag("link-mbps", &o.link_mbps, "shape every link to this bandwidth in Mbit/s (0 = unshaped)")

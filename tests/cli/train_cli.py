@@ -171,6 +171,28 @@ def check_kill_resume():
         assert loss == whole[step], f"step {step}: resumed {loss} != uninterrupted {whole[step]}"
 
 
+def check_tls():
+    """Stages over mutual TLS train exactly as over plain TCP; a stage whose certificate
+    comes from another CA is refused."""
+    d = fresh("tls")
+    for name in ["certs", "other"]:
+        subprocess.run(["bash", os.path.join(os.path.dirname(__file__), "..", "..", "examples", "make_certs.sh"),
+                        f"{d}/{name}", "2"], check=True, capture_output=True)
+    flags = [*TINY, "--steps", "4", "--stages", "2"]
+    plain = result(run(*flags, "--metrics", f"{d}/plain.jsonl", binary=LAUNCH))
+    tls = result(run(*flags, "--tls-dir", f"{d}/certs", "--metrics", f"{d}/tls.jsonl", binary=LAUNCH))
+    assert tls["transport"] == "tls" and plain["transport"] == "tcp"
+    assert losses(f"{d}/plain.jsonl") == losses(f"{d}/tls.jsonl")
+    # Stage 1 presents a certificate of another run's CA: stage 0 must refuse it.
+    import shutil as sh
+    mixed = f"{d}/mixed"
+    sh.copytree(f"{d}/certs", mixed)
+    for ext in ["crt", "key"]:
+        sh.copy(f"{d}/other/stage-1.{ext}", f"{mixed}/stage-1.{ext}")
+    p = run(*flags, "--timeout", "10", "--tls-dir", mixed, expect_rc=1, binary=LAUNCH)
+    assert "certificate" in p.stderr.lower(), p.stderr
+
+
 def check_converges():
     """The default model on TinyShakespeare: validation loss below 2.5 nats (uniform is 4.17)."""
     r = result(run("--steps", "150", "--warmup", "15", "--threads", "2"))
