@@ -7,11 +7,15 @@ The PyTorch model mirrors resbm's: token embedding; N blocks of
 then a final RMSNorm (eps 1e-5), an untied head and cross entropy. RoPE uses the
 rotate-half convention with theta = 10000. No biases anywhere.
 
-It trains with AdamW on random tokens (or the bytes of --data, e.g. TinyShakespeare) and
-prints tokens/s over the steps after --warmup-steps. With --resbm BINARY it then runs
-  BINARY --d-model .. --layers .. --heads .. --seq .. --batch .. --steps .. --threads ..
-         --optimizer adamw --eval-every 0
-parses the `RESULT {json}` line it prints last (field tokens_per_s) and prints both.
+It trains with AdamW (and resbm-train's global gradient-norm clip, --clip) on random tokens
+(or the bytes of --data, e.g. TinyShakespeare) and prints tokens/s over the steps after
+--warmup-steps. With --resbm BINARY it then runs
+  BINARY --d-model .. --layers .. --heads .. --seq .. --batch .. --steps (warmup + steps)
+         --threads .. --optimizer adamw --clip .. --eval-every 0 --metrics TMP.jsonl
+and takes resbm's tokens/s over the same steps after the warmup from the per-step metrics
+(falling back to the RESULT line's tokens_per_s, which counts every step), and prints both.
+The default --vocab 65 is resbm-train's default vocabulary (TinyShakespeare, char
+tokenizer); --vocab 256 runs resbm-train with --tokenizer byte.
 
 Works with torch 1.13 (Debian's python3-torch) and 2.x.
 """
@@ -21,6 +25,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -195,6 +200,8 @@ def run_torch(args):
         loss_t = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss_t.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         loss = loss_t.item()
         dt = time.perf_counter() - t0
@@ -207,22 +214,60 @@ def run_torch(args):
     return {"tokens_per_s": tps, "loss": loss, "params": n_params, "steps": args.steps}
 
 
+def steady_tokens_per_s(metrics_path, warmup, tokens_per_step):
+    """tokens/s over the steps after `warmup`, from resbm-train's per-step metrics, whose
+    tokens_per_s is cumulative: trained steps * tokens per step / training seconds so far."""
+    elapsed = {}
+    with open(metrics_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "tokens_per_s" in rec and rec["tokens_per_s"] > 0:
+                elapsed[int(rec["step"])] = rec["step"] * tokens_per_step / rec["tokens_per_s"]
+    if not elapsed:
+        return None
+    last = max(elapsed)
+    if warmup <= 0:
+        return last * tokens_per_step / elapsed[last]
+    if warmup not in elapsed or last <= warmup:
+        return None
+    return (last - warmup) * tokens_per_step / (elapsed[last] - elapsed[warmup])
+
+
 def run_resbm(args):
-    cmd = [args.resbm, "--d-model", str(args.d_model), "--layers", str(args.layers),
-           "--heads", str(args.heads), "--seq", str(args.seq), "--batch", str(args.batch),
-           "--steps", str(args.steps), "--threads", str(args.threads),
-           "--optimizer", "adamw", "--eval-every", "0"]
-    print("running: " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = proc.stdout.splitlines()
-    if proc.returncode != 0:
-        print("\n".join(lines[-20:]), file=sys.stderr)
-        sys.exit(f"torch_compare: {args.resbm} exited with {proc.returncode}")
-    for line in reversed(lines):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    print("\n".join(lines[-20:]), file=sys.stderr)
-    sys.exit(f"torch_compare: {args.resbm} printed no 'RESULT {{json}}' line")
+    with tempfile.TemporaryDirectory(prefix="torch_compare") as tmp:
+        metrics = os.path.join(tmp, "metrics.jsonl")
+        cmd = [args.resbm, "--d-model", str(args.d_model), "--layers", str(args.layers),
+               "--heads", str(args.heads), "--seq", str(args.seq), "--batch", str(args.batch),
+               "--steps", str(args.warmup_steps + args.steps), "--threads", str(args.threads),
+               "--optimizer", "adamw", "--clip", str(args.clip), "--eval-every", "0", "--eval-batches", "1",
+               "--metrics", metrics]
+        if args.vocab == 256:
+            cmd += ["--tokenizer", "byte"]
+        print("running: " + " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = proc.stdout.splitlines()
+        if proc.returncode != 0:
+            print("\n".join(lines[-20:]), file=sys.stderr)
+            sys.exit(f"torch_compare: {args.resbm} exited with {proc.returncode}")
+        result = None
+        for line in reversed(lines):
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+                break
+        if result is None:
+            print("\n".join(lines[-20:]), file=sys.stderr)
+            sys.exit(f"torch_compare: {args.resbm} printed no 'RESULT {{json}}' line")
+        steady = steady_tokens_per_s(metrics, args.warmup_steps, args.batch * args.seq)
+    if int(result.get("vocab", args.vocab)) != args.vocab:
+        print(f"torch_compare: warning: resbm-train ran with vocab {result['vocab']}, torch with {args.vocab} "
+              f"(pass --vocab {result['vocab']})", file=sys.stderr)
+    result["tokens_per_s_all_steps"] = result["tokens_per_s"]
+    if steady is not None:
+        result["tokens_per_s"] = steady
+    else:
+        print("torch_compare: warning: no per-step metrics; resbm's tokens/s includes the warmup steps",
+              file=sys.stderr)
+    return result
 
 
 def main():
@@ -233,11 +278,13 @@ def main():
     p.add_argument("--ffn", type=int, default=0, help="SwiGLU hidden width (0: resbm's default, ceil(8d/3/32)*32)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=65,
+                   help="65: resbm-train's default (TinyShakespeare, char); 256: resbm-train --tokenizer byte")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps before them")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip, both sides (0 = off)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--data", default="", help="train on the bytes of this file (default: random tokens)")
     p.add_argument("--resbm", default="", metavar="BINARY", help="also time this resbm-train binary")
@@ -264,6 +311,13 @@ def main():
     print(f"{'torch':8} {t['tokens_per_s']:12.0f}")
     print(f"{'resbm':8} {r_tps:12.0f}")
     print(f"resbm / torch = {r_tps / t['tokens_per_s']:.2f}x")
+    if r.get("params") is not None and int(r["params"]) != t["params"]:
+        print(f"torch_compare: warning: resbm has {r['params']} parameters, torch {t['params']}: not the same model",
+              file=sys.stderr)
+    print("RESULT " + json.dumps({"impl": "resbm", "tokens_per_s": r_tps,
+                                  "tokens_per_s_all_steps": r["tokens_per_s_all_steps"],
+                                  "loss": r.get("train_loss"), "params": r.get("params"),
+                                  "steps": args.steps, "warmup_steps": args.warmup_steps}))
 
 
 if __name__ == "__main__":
