@@ -200,11 +200,14 @@ TEST_CASE("parameters: names, shapes and kinds under the boundary prefix") {
   };
   CHECK(ea.infos().size() == 3);
   CHECK(has(ea, "boundary.2.enc.norm.weight", {16, 0, 0, 0}, ParamKind::gain));
-  CHECK(has(ea, "boundary.2.enc.fc1.weight", {256, 16, 0, 0}, ParamKind::matrix));
-  CHECK(has(ea, "boundary.2.enc.fc2.weight", {4, 256, 0, 0}, ParamKind::matrix));
+  // Code-facing matrices (one side 8x narrower) go to AdamW as heads; Muon's aspect-ratio
+  // scale would make their steps 8x and more a hidden layer's.
+  CHECK(has(ea, "boundary.2.enc.fc1.weight", {256, 16, 0, 0}, ParamKind::head));
+  CHECK(has(ea, "boundary.2.enc.fc2.weight", {4, 256, 0, 0}, ParamKind::head));
   CHECK(da.infos().size() == 3);
-  CHECK(has(da, "boundary.2.dec.fc1.weight", {256, 4, 0, 0}, ParamKind::matrix));
-  CHECK(has(da, "boundary.2.dec.fc2.weight", {16, 256, 0, 0}, ParamKind::matrix));
+  CHECK(has(da, "boundary.2.dec.fc1.weight", {256, 4, 0, 0}, ParamKind::head));
+  CHECK(has(da, "boundary.2.dec.fc2.weight", {16, 256, 0, 0}, ParamKind::head));
+  CHECK(codec::rb_detail::code_matrix_kind(256, 128) == ParamKind::matrix);  // d = 128, hidden 256: Muon
   CHECK(has(da, "boundary.2.dec.reembed.weight", {11, 16, 0, 0}, ParamKind::embedding));
 
   ParamArena<float> la;

@@ -22,6 +22,7 @@
 // layer is random (std 1/sqrt(fan_in)): a zero encoder and a zero decoder would then
 // multiply to zero gradients for both, forever. First layers: std 1/sqrt(fan_in), so the
 // hidden pre-activations are O(1) given the unit-RMS N(h).
+#include <algorithm>
 #include <cmath>
 #include <span>
 #include <string>
@@ -44,6 +45,14 @@ namespace rb_detail {
 // The encoder's RMSNorm epsilon: the model's own default (nn::LlamaConfig::norm_eps).
 inline constexpr double kNormEps = 1e-5;
 
+// How the optimizer treats a codec matrix. Muon scales its orthogonalised update by
+// sqrt(max(1, rows/cols)): for the layer that reads the r-wide code (256 x 2 at r = 2)
+// that is 11x a hidden layer's step, and training diverged in our runs. A matrix with one
+// side 8x narrower than the other is code-facing, like an embedding or a head: AdamW.
+inline ParamKind code_matrix_kind(int64_t rows, int64_t cols) {
+  return std::min(rows, cols) * 8 <= std::max(rows, cols) ? ParamKind::head : ParamKind::matrix;
+}
+
 // A learned map in -> out, Linear or Mlp; one per codec half.
 template <class T, class EncDec>
 class Map;
@@ -54,7 +63,7 @@ class Map<T, Linear> {
   struct Acts {};
 
   Map(ParamArena<T>& a, const std::string& prefix, int64_t in, int64_t out) : in_(in) {
-    w_ = a.add(prefix + "proj.weight", {out, in}, ParamKind::matrix);
+    w_ = a.add(prefix + "proj.weight", {out, in}, code_matrix_kind(out, in));
   }
   void init(ParamArena<T>& a, uint64_t seed, bool zero_out) const {
     if (zero_out)
@@ -85,8 +94,8 @@ class Map<T, Mlp<H, Act>> {
   };
 
   Map(ParamArena<T>& a, const std::string& prefix, int64_t in, int64_t out) : in_(in) {
-    w1_ = a.add(prefix + "fc1.weight", {H, in}, ParamKind::matrix);
-    w2_ = a.add(prefix + "fc2.weight", {out, H}, ParamKind::matrix);
+    w1_ = a.add(prefix + "fc1.weight", {H, in}, code_matrix_kind(H, in));
+    w2_ = a.add(prefix + "fc2.weight", {out, H}, code_matrix_kind(out, H));
   }
   void init(ParamArena<T>& a, uint64_t seed, bool zero_out) const {
     nn::init_normal(a, w1_, seed, T(1 / std::sqrt(double(in_))));
