@@ -24,6 +24,7 @@
 
 #include "resbm/core/context.hpp"
 #include "resbm/core/tensor.hpp"
+#include "resbm/ops/cpu/fast_math.hpp"
 #include "resbm/ops/cpu/gemm.hpp"
 
 namespace resbm::ops {
@@ -36,29 +37,6 @@ namespace attention_detail {
 // while each GEMM still has enough rows to run at the BLAS kernel's speed.
 inline constexpr int64_t kBlock = 32;
 
-// exp for x <= 0 (softmax after max subtraction), written so the compiler vectorises the
-// whole softmax row: glibc's expf is a scalar call, and at T=256 the exps cost as much as a
-// third of the forward. Cephes' polynomial after a Cody–Waite reduction, ≤ 2 ulp on
-// [-87, 0]; below -87 the result is clamped to ~1.6e-38 rather than flushed, which no
-// normalised softmax row can tell apart from 0.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float t = x * 1.44269504088896341f;
-  // Round to nearest by the 1.5·2^23 trick: branch-free and vectorisable, unlike nearbyint.
-  const float n = (t + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return y * scale;
-}
 
 // p[0..n) <- softmax(p[0..n)), in place. Double (the gradient checks) keeps libm's exp.
 template <class T>

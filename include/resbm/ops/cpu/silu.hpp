@@ -7,6 +7,7 @@
 
 #include "resbm/core/context.hpp"
 #include "resbm/core/tensor.hpp"
+#include "resbm/ops/cpu/fast_math.hpp"
 
 namespace resbm::ops {
 
@@ -18,7 +19,7 @@ void silu_forward(const Context& ctx, Tensor<T> out, Tensor<const T> inp) {
   parallel_for(ctx, N, [&](int64_t n) {
     const T* x = inp.data + n * F;
     T* y = out.data + n * F;
-    for (int64_t f = 0; f < F; ++f) y[f] = x[f] / (T(1) + std::exp(-x[f]));
+    for (int64_t f = 0; f < F; ++f) y[f] = x[f] * sigmoid(x[f]);
   });
 }
 
@@ -34,7 +35,7 @@ void silu_backward(const Context& ctx, Tensor<T> dinp, Tensor<const T> dout, Ten
     const T* dy = dout.data + n * F;
     T* dx = dinp.data + n * F;
     for (int64_t f = 0; f < F; ++f) {
-      const T s = T(1) / (T(1) + std::exp(-x[f]));
+      const T s = sigmoid(x[f]);
       dx[f] += dy[f] * s * (T(1) + x[f] * (T(1) - s));
     }
   });

@@ -6,6 +6,7 @@
 
 #include "resbm/core/context.hpp"
 #include "resbm/core/tensor.hpp"
+#include "resbm/ops/cpu/fast_math.hpp"
 
 namespace resbm::ops {
 
@@ -19,7 +20,7 @@ void swiglu_forward(const Context& ctx, Tensor<T> out, Tensor<const T> gate, Ten
     const T* g = gate.data + n * F;
     const T* u = up.data + n * F;
     T* y = out.data + n * F;
-    for (int64_t f = 0; f < F; ++f) y[f] = g[f] / (T(1) + std::exp(-g[f])) * u[f];
+    for (int64_t f = 0; f < F; ++f) y[f] = g[f] * sigmoid(g[f]) * u[f];
   });
 }
 
@@ -41,7 +42,7 @@ void swiglu_backward(const Context& ctx, Tensor<T> dgate, Tensor<T> dup, Tensor<
     T* dg = dgate.data + n * F;
     T* du = dup.data + n * F;
     for (int64_t f = 0; f < F; ++f) {
-      const T s = T(1) / (T(1) + std::exp(-g[f]));
+      const T s = sigmoid(g[f]);
       dg[f] += dy[f] * u[f] * s * (T(1) + g[f] * (T(1) - s));
       du[f] += dy[f] * g[f] * s;
     }
