@@ -14,7 +14,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "resbm/io/json.hpp"
@@ -90,7 +92,8 @@ int run(int argc, char** argv) {
           "  --host H        address the stages bind and connect to [default: 127.0.0.1]\n"
           "  --tls-dir D     mutual TLS with D/ca.crt and D/stage-K.crt/.key (examples/make_certs.sh D S)\n"
           "Every other flag goes to each resbm-train (see resbm-train --help); the default codec is\n"
-          "resbm (rank 2). Ends with a line RESULT {json} for the whole run.\n");
+          "resbm (rank 2), and --threads defaults to the host's cores divided among the stages.\n"
+          "Ends with a line RESULT {json} for the whole run.\n");
       return 0;
     } else if (a == "--stages") {
       stages = std::stoi(value("--stages"));
@@ -105,6 +108,14 @@ int run(int argc, char** argv) {
     } else {
       pass.push_back(a);
     }
+  }
+  // Unless told otherwise, the stage processes share this host's cores instead of each
+  // starting one thread per core.
+  bool threads_given = false;
+  for (const auto& a : pass) threads_given = threads_given || a == "--threads" || a.rfind("--threads=", 0) == 0;
+  if (!threads_given) {
+    const unsigned hw = std::thread::hardware_concurrency();
+    pass.insert(pass.end(), {"--threads", std::to_string(std::max(1, int(hw ? hw : 1) / std::max(stages, 1)))});
   }
   RESBM_CHECK(stages >= 2, cat("--stages ", stages, " is fewer than 2"),
               "a launched pipeline has at least 2 stages; run resbm-train alone for one");
