@@ -18,7 +18,10 @@ run() {
 run dense --codec dense &
 run int8 --codec int8 &
 wait
-run resbm-linear --codec resbm-linear --rank 8 &
-run resbm --codec resbm --rank 2 &
+run resbm-linear-8 --codec resbm-linear --rank 8 &
+run resbm-8 --codec resbm --rank 8 &
 wait
-run subspace --codec subspace --rank 8
+run resbm-2 --codec resbm --rank 2 &
+run subspace-8 --codec subspace --rank 8 &
+wait
+/usr/bin/python3 "$(dirname "$0")/plot_codec_results.py" "$out" "$out/codec_results.png"

@@ -587,7 +587,8 @@ TEST_CASE("presets: the resbm preset at d=256, r=2 sends >= 128x fewer bytes tha
   presets::Resbm<2>::Decoder<float> dec(b, da);
   const int64_t N = 1024;
   const size_t sent = enc.wire_bytes(N) + enc.grad_bytes(N);
-  CHECK(enc.wire_bytes(N) == 2048 + 32 * 4);
+  CHECK(enc.wire_bytes(N) == 2048 + 128 * 4);  // int8 codes + an fp32 scale per 16 values
+  CHECK(enc.grad_bytes(N) == 2048 + 32 * 4);   // int8 gradient + an fp32 scale per 64 values
   CHECK(dec.wire_bytes(N) == enc.wire_bytes(N));
   CHECK(dec.grad_bytes(N) == enc.grad_bytes(N));
   const size_t dense = 2 * size_t(N) * 2 * 256;  // both directions, bf16
