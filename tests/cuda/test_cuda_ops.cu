@@ -94,8 +94,9 @@ std::vector<float> download(const DeviceBuffer<float>& d) {
 }
 
 // ‖a − b‖ / ‖b‖ in double; infinite when a holds a NaN or an infinity. References whose
-// RMS is below 1e-6 count as zero: at T = 1 the exact dq and dk are 0 and the CPU's
-// rounding leaves ~1e-8 there, which would make any answer, even the exact one, "100% off".
+// RMS is below 1e-4 (inputs are unit normals) count as zero: at T = 1 the exact dq and dk
+// are 0, the CPU's rounding leaves ~1e-8 and the GPU's fp32 ~5e-8 there, and a relative
+// error against rounding noise says nothing about the kernel.
 double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   REQUIRE(a.size() == b.size());
   double num = 0, den = 0;
@@ -105,7 +106,7 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
     num += d * d;
     den += double(b[i]) * double(b[i]);
   }
-  return std::sqrt(num / std::max(den, double(a.size()) * 1e-12));
+  return std::sqrt(num / std::max(den, double(a.size()) * 1e-8));
 }
 
 #define CHECK_REL(out, ref, bound)                                                          \
