@@ -92,7 +92,8 @@ int run(int argc, char** argv) {
           "  --host H        address the stages bind and connect to [default: 127.0.0.1]\n"
           "  --tls-dir D     mutual TLS with D/ca.crt and D/stage-K.crt/.key (examples/make_certs.sh D S)\n"
           "Every other flag goes to each resbm-train (see resbm-train --help); the default codec is\n"
-          "resbm (rank 2), and --threads defaults to the host's cores divided among the stages.\n"
+          "resbm (rank 2), --micro-batches defaults to 4 and --threads to the host's cores divided\n"
+          "among the stages.\n"
           "Ends with a line RESULT {json} for the whole run.\n");
       return 0;
     } else if (a == "--stages") {
@@ -111,8 +112,14 @@ int run(int argc, char** argv) {
   }
   // Unless told otherwise, the stage processes share this host's cores instead of each
   // starting one thread per core.
-  bool threads_given = false;
-  for (const auto& a : pass) threads_given = threads_given || a == "--threads" || a.rfind("--threads=", 0) == 0;
+  auto given = [&](const std::string& flag) {
+    for (const auto& a : pass)
+      if (a == flag || a.rfind(flag + "=", 0) == 0) return true;
+    return false;
+  };
+  const bool threads_given = given("--threads");
+  // A pipeline with one micro-batch per step leaves all but one stage idle at any time.
+  if (!given("--micro-batches")) pass.insert(pass.end(), {"--micro-batches", "4"});
   if (!threads_given) {
     const unsigned hw = std::thread::hardware_concurrency();
     pass.insert(pass.end(), {"--threads", std::to_string(std::max(1, int(hw ? hw : 1) / std::max(stages, 1)))});
