@@ -8,27 +8,14 @@
 #include "resbm/pipeline/threads.hpp"
 #include "resbm/transport/in_process.hpp"
 #include "support/catch.hpp"
+#include "support/pipeline_fixtures.hpp"
 
 using namespace resbm;
 
 namespace {
 
-nn::LlamaConfig small() {
-  nn::LlamaConfig c;
-  c.vocab = 19;
-  c.d_model = 32;
-  c.n_layers = 4;
-  c.n_heads = 2;
-  c.seq_len = 16;
-  c.ffn = 48;
-  return c;
-}
-
-std::vector<int32_t> corpus(int vocab) {
-  std::vector<int32_t> t(5000);
-  for (size_t i = 0; i < t.size(); ++i) t[i] = int32_t(Philox::bits64(7, 0, i) % uint64_t(vocab));
-  return t;
-}
+nn::LlamaConfig small() { return testing::small_model(19); }
+std::vector<int32_t> corpus(int vocab) { return testing::random_corpus(vocab, 5000, 7); }
 
 struct Run {
   std::vector<double> losses;
