@@ -12,6 +12,7 @@
 #include "resbm/core/tensor.hpp"
 #include "resbm/ops/cpu/cross_entropy.hpp"
 #include "resbm/ops/cpu/embedding.hpp"
+#include "resbm/ops/cpu/fast_math.hpp"
 #include "resbm/ops/cpu/gemm.hpp"
 #include "resbm/ops/cpu/rmsnorm.hpp"
 #include "resbm/ops/cpu/rope.hpp"
@@ -401,6 +402,42 @@ TEST_CASE("rope: bad shapes and tables are errors") {
 
 // ---------------------------------------------------------------------------------------
 // swiglu
+
+TEST_CASE("fast math: exp and sigmoid match libm; non-finite input gives NaN") {
+  // Every float in [-87, 0] at a stride, against double exp: the header promises <= 2 ulp.
+  double worst = 0;
+  for (float x = -87.0f; x <= 0.0f; x += 0.0137f) {
+    const double ref = std::exp(double(x)), got = double(ops::exp_nonpositive(x));
+    worst = std::max(worst, std::fabs(got - ref) / ref);
+  }
+  CHECK(worst < 2.5e-7);  // 2 ulp of a float is 2^-22 = 2.4e-7 relative
+  CHECK(ops::exp_nonpositive(0.0f) == 1.0f);
+  CHECK(ops::exp_nonpositive(-0.0f) == 1.0f);
+  // Below -87 the result is clamped, not flushed.
+  CHECK(ops::exp_nonpositive(-1e30f) == ops::exp_nonpositive(-87.0f));
+  CHECK(ops::exp_nonpositive(-1e30f) > 0.0f);
+  for (const float bad : {NAN, -NAN, -INFINITY, INFINITY}) {
+    CHECK(std::isnan(ops::exp_nonpositive(bad)));
+    CHECK(std::isnan(ops::sigmoid(bad)));
+  }
+  double worst_sig = 0;
+  for (float x = -100.0f; x <= 100.0f; x += 0.0173f)
+    worst_sig = std::max(worst_sig, std::fabs(double(ops::sigmoid(x)) - 1.0 / (1.0 + std::exp(-double(x)))));
+  CHECK(worst_sig < 1e-7);
+  // The vectorised loop (swiglu) agrees with the scalar function element by element.
+  std::vector<float> g(1000), u(1000, 1.0f), y(1000);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = -50.0f + 0.1f * float(i);
+  g[17] = NAN;
+  Context ctx(1);
+  ops::swiglu_forward<float>(ctx, view(y, {1, 1000}), cview(g, {1, 1000}), cview(u, {1, 1000}));
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (i == 17) {
+      CHECK(std::isnan(y[i]));
+      continue;
+    }
+    CHECK(y[i] == g[i] * ops::sigmoid(g[i]));
+  }
+}
 
 TEST_CASE("swiglu: known values") {
   Context ctx(1);
