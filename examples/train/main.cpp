@@ -34,7 +34,7 @@ struct Options {
   std::string metrics, save, resume;
   int64_t resume_step = 0;
   bool skip_nonfinite = false;
-  int stages = 1, micro_batches = 1, rank = 2;
+  int stages = 1, micro_batches = 1, rank = 2, lookahead = 0;
   std::string codec = "resbm", schedule = "1f1b";
   // One process per stage (--stage k): where to listen for stage k-1, where stage k+1 is.
   int stage = -1;
@@ -210,6 +210,7 @@ StageResult run_stage(const Options& o, const nn::LlamaConfig& cfg, const Contex
   pipeline::RunnerOptions ro;
   ro.schedule = o.schedule;
   ro.micro_batches = o.micro_batches;
+  ro.lookahead = o.lookahead;
   ro.clip = o.clip;
   ro.seed = o.seed;
   ro.timeout = std::chrono::milliseconds(int64_t(o.timeout_s * 1000));
@@ -328,6 +329,7 @@ void print_result(const Options& o, const nn::LlamaConfig& cfg, const Context& c
   if (o.stages > 1) {
     result.set("stage", o.stage);
     result.set("schedule", o.schedule);
+    result.set("lookahead", o.lookahead);
     result.set("codec", o.codec);
     result.set("rank", o.rank);
     result.set("wire_bytes_per_token", wire.bytes_per_token());
@@ -498,6 +500,9 @@ int run(int argc, char** argv) {
       .flag("rank", &o.rank, "bottleneck width r of resbm, resbm-linear, subspace (1, 2, 4, 8, 16, 32, 64)")
       .flag("micro-batches", &o.micro_batches, "micro-batches per step (gradient accumulation); divides --batch")
       .flag("schedule", &o.schedule, "pipeline schedule: gpipe or 1f1b")
+      .flag("lookahead", &o.lookahead,
+            "1f1b: extra in-flight micro-batches per downstream stage; hides link latency (1-2 over the "
+            "internet) at the memory cost of their activations")
       .flag("stage", &o.stage, "run only this stage, as one process over TCP (-1 = all stages as threads here)")
       .flag("listen", &o.listen, "with --stage k > 0: HOST:PORT to accept stage k-1 on")
       .flag("next", &o.next, "with --stage k < S-1: HOST:PORT of stage k+1")
@@ -555,6 +560,7 @@ int run(int argc, char** argv) {
   RESBM_CHECK(o.micro_batches >= 1 && o.batch % o.micro_batches == 0,
               cat("--micro-batches ", o.micro_batches, " does not divide --batch ", o.batch),
               "pick --micro-batches among the divisors of --batch");
+  (void)pipeline::actions(o.schedule, 0, std::max(o.stages, 1), o.micro_batches, o.lookahead);  // names a bad schedule now
   RESBM_CHECK(o.stage < o.stages, cat("--stage ", o.stage, " but --stages is ", o.stages),
               "pass --stage between 0 and --stages - 1");
   RESBM_CHECK(o.timeout_s > 0 && o.max_frame_mb > 0, "--timeout and --max-frame-mb must be positive",

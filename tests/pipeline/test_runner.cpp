@@ -38,7 +38,8 @@ Run reference(const nn::LlamaConfig& c, const data::BatchSampler& sampler, int S
 
 template <class Codec>
 Run threaded(const nn::LlamaConfig& c, const data::BatchSampler& sampler, int S, int M, int steps, double clip,
-             const std::string& schedule, const data::BatchSampler* val = nullptr, double* val_loss = nullptr) {
+             const std::string& schedule, const data::BatchSampler* val = nullptr, double* val_loss = nullptr,
+             int lookahead = 0) {
   std::vector<std::unique_ptr<pipeline::StageModel<Codec>>> stages;
   std::vector<optim::AnyOptimizer> opts;
   for (int s = 0; s < S; ++s) {
@@ -55,6 +56,7 @@ Run threaded(const nn::LlamaConfig& c, const data::BatchSampler& sampler, int S,
   pipeline::RunnerOptions o;
   o.schedule = schedule;
   o.micro_batches = M;
+  o.lookahead = lookahead;
   o.clip = clip;
   o.seed = 3;
   o.timeout = std::chrono::milliseconds(20000);
@@ -119,6 +121,18 @@ TEST_CASE("threads + in-process links = one process, every schedule, S in {2,4},
         const bool exact = M == 1 || std::string(sched) == "1f1b";
         require_close(ref, got, exact ? 0.0 : 2e-5);
       }
+}
+
+TEST_CASE("1f1b with lookahead gives exactly the results of plain 1f1b") {
+  const auto c = small();
+  const auto tokens = corpus(c.vocab);
+  const data::BatchSampler sampler(tokens, 8, c.seq_len, 2);
+  using Codec = codec::presets::Resbm<2>;
+  const Run ref = reference<Codec>(c, sampler, 4, 8, 3, 1.0);
+  for (int k : {1, 3}) {
+    INFO("lookahead " << k);
+    require_close(ref, threaded<Codec>(c, sampler, 4, 8, 3, 1.0, "1f1b", nullptr, nullptr, k), 0.0);
+  }
 }
 
 TEST_CASE("the resbm codec through the threaded runner matches the sequential pipeline") {

@@ -1,5 +1,6 @@
 // Schedules are data: check the lists themselves, and that every stage's list is
 // consistent with its neighbours' (every send has its receive, nothing deadlocks).
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <vector>
@@ -13,9 +14,9 @@ namespace {
 
 // Simulates S stages executing their lists with unbounded mailboxes: a receive waits for
 // the matching send. Returns false on deadlock.
-bool runs_to_completion(const std::string& sched, int S, int M) {
+bool runs_to_completion(const std::string& sched, int S, int M, int lookahead = 0) {
   std::vector<std::vector<Action>> lists;
-  for (int s = 0; s < S; ++s) lists.push_back(actions(sched, s, S, M));
+  for (int s = 0; s < S; ++s) lists.push_back(actions(sched, s, S, M, lookahead));
   std::vector<size_t> pc(size_t(S), 0);
   std::map<std::tuple<int, int, int>, int> mail;  // (to stage, kind, mb) -> count
   bool progress = true;
@@ -70,7 +71,42 @@ TEST_CASE("1F1B: warm-up forwards, alternation, cool-down; bounded in-flight mic
   CHECK(max_in_flight(actions(GPipe{}, 0, 4, 8)) == 8);
 }
 
+TEST_CASE("1F1B lookahead: more warm-up forwards, the same backward order") {
+  // Stage 1 of 4, lookahead 1: (4-1-1)·2 = 4 warm-up forwards, then alternation.
+  auto a = actions(OneFOneB{1}, 1, 4, 6);
+  std::vector<int> forwards, backwards;
+  for (const Action& x : a) {
+    if (x.op == Op::forward) forwards.push_back(x.micro_batch);
+    if (x.op == Op::backward) backwards.push_back(x.micro_batch);
+  }
+  CHECK(forwards == std::vector<int>{0, 1, 2, 3, 4, 5});
+  CHECK(backwards == std::vector<int>{0, 1, 2, 3, 4, 5});
+  // The first backward comes after the 4 warm-up forwards and the 5th forward.
+  const auto first_b = std::find_if(a.begin(), a.end(), [](const Action& x) { return x.op == Op::backward; });
+  CHECK(std::count_if(a.begin(), first_b, [](const Action& x) { return x.op == Op::forward; }) == 5);
+  for (int k : {0, 1, 2, 3})
+    for (int s = 0; s < 4; ++s) {
+      INFO("lookahead " << k << " stage " << s);
+      CHECK(max_in_flight(actions(OneFOneB{k}, s, 4, 16)) == std::min(16, (4 - s - 1) * (1 + k) + 1));
+    }
+  // Backward order (and so the summed gradients) is independent of the lookahead.
+  for (int s = 0; s < 4; ++s) {
+    std::vector<int> b0, b2;
+    for (const Action& x : actions(OneFOneB{0}, s, 4, 8))
+      if (x.op == Op::backward) b0.push_back(x.micro_batch);
+    for (const Action& x : actions(OneFOneB{2}, s, 4, 8))
+      if (x.op == Op::backward) b2.push_back(x.micro_batch);
+    CHECK(b0 == b2);
+  }
+}
+
 TEST_CASE("every schedule, stage count and micro-batch count runs to completion") {
+  for (int k : {1, 2, 5})
+    for (int S : {2, 3, 4, 6})
+      for (int M : {1, 4, 5, 8, 16}) {
+        INFO("1f1b lookahead " << k << " S=" << S << " M=" << M);
+        CHECK(runs_to_completion("1f1b", S, M, k));
+      }
   for (const char* sched : {"gpipe", "1f1b"})
     for (int S : {1, 2, 3, 4, 6})
       for (int M : {1, 2, 4, 5, 8}) {
@@ -92,4 +128,6 @@ TEST_CASE("bad schedule arguments are clear errors") {
   CHECK_THROWS_WITH(actions("zigzag", 0, 2, 2), Catch::Matchers::Contains("unknown schedule 'zigzag'"));
   CHECK_THROWS_WITH(actions(GPipe{}, 2, 2, 2), Catch::Matchers::Contains("stage 2 is outside [0, 2)"));
   CHECK_THROWS_WITH(actions(OneFOneB{}, 0, 2, 0), Catch::Matchers::Contains("--micro-batches 0"));
+  CHECK_THROWS_WITH(actions(OneFOneB{-1}, 0, 2, 2), Catch::Matchers::Contains("--lookahead -1 is out of range"));
+  CHECK_THROWS_WITH(actions("gpipe", 0, 2, 2, 1), Catch::Matchers::Contains("does not apply to the gpipe schedule"));
 }

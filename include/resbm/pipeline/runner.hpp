@@ -32,6 +32,7 @@ namespace resbm::pipeline {
 struct RunnerOptions {
   std::string schedule = "1f1b";
   int micro_batches = 1;
+  int lookahead = 0;  // 1f1b only: extra in-flight micro-batches per downstream stage (schedule.hpp)
   double clip = 1.0;
   uint64_t seed = 1;
   std::chrono::milliseconds timeout{120'000};
@@ -116,7 +117,7 @@ class StageRunner {
   StageRunner(StageModel<Codec>& stage, optim::AnyOptimizer& opt, transport::AnyLink* prev, transport::AnyLink* next,
               const Context& ctx, RunnerOptions o, int64_t micro_batch)
       : stage_(stage), opt_(opt), prev_(prev), next_(next), ctx_(ctx), o_(std::move(o)), micro_batch_(micro_batch),
-        actions_(actions(o_.schedule, stage.stage(), stage.n_stages(), o_.micro_batches)) {
+        actions_(actions(o_.schedule, stage.stage(), stage.n_stages(), o_.micro_batches, o_.lookahead)) {
     RESBM_CHECK(stage.first() == (prev == nullptr) && stage.last() == (next == nullptr),
                 cat("stage ", stage.stage(), " of ", stage.n_stages(), " needs ", stage.first() ? "no" : "a",
                     " previous and ", stage.last() ? "no" : "a", " next link"),

@@ -9,6 +9,12 @@
 //   OneFOneB    PipeDream-flush: S-s-1 warm-up forwards, then alternate one forward and
 //               one backward, then the remaining backwards. At most S-s micro-batches are
 //               in flight on stage s instead of M.
+//               With lookahead k, (S-s-1)·(1+k) warm-up forwards. Plain 1F1B waits a full
+//               round trip to the last stage before every backward, so on a link with
+//               latency L stage s idles ~2·(S-s-1)·L per micro-batch; k more micro-batches
+//               in flight per downstream stage keep it computing meanwhile, at the memory
+//               cost of those activations. The backwards keep 1F1B's order (0..M-1), so the
+//               results are bit for bit those of k = 0.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -43,6 +49,7 @@ struct GPipe {
 };
 struct OneFOneB {
   static constexpr const char* name = "1f1b";
+  int lookahead = 0;  // extra warm-up forwards per downstream stage (see above)
 };
 
 namespace schedule_detail {
@@ -73,10 +80,12 @@ inline std::vector<Action> actions(GPipe, int stage, int stages, int micro_batch
   return a;
 }
 
-inline std::vector<Action> actions(OneFOneB, int stage, int stages, int micro_batches) {
+inline std::vector<Action> actions(OneFOneB sched, int stage, int stages, int micro_batches) {
   schedule_detail::check(stage, stages, micro_batches);
+  RESBM_CHECK(sched.lookahead >= 0 && sched.lookahead <= 1024, cat("--lookahead ", sched.lookahead, " is out of range"),
+              "pass --lookahead between 0 (plain 1f1b) and the micro-batch count");
   std::vector<Action> a;
-  const int warmup = std::min(stages - stage - 1, micro_batches);
+  const int warmup = int(std::min<int64_t>(int64_t(stages - stage - 1) * (1 + sched.lookahead), micro_batches));
   int f = 0, b = 0;
   for (; f < warmup; ++f) schedule_detail::forward(a, stage, stages, f);
   for (; f < micro_batches; ++f, ++b) {
@@ -88,10 +97,15 @@ inline std::vector<Action> actions(OneFOneB, int stage, int stages, int micro_ba
   return a;
 }
 
-// Runtime choice by name (--schedule gpipe|1f1b).
-inline std::vector<Action> actions(const std::string& schedule, int stage, int stages, int micro_batches) {
-  if (schedule == GPipe::name) return actions(GPipe{}, stage, stages, micro_batches);
-  if (schedule == OneFOneB::name) return actions(OneFOneB{}, stage, stages, micro_batches);
+// Runtime choice by name (--schedule gpipe|1f1b, --lookahead).
+inline std::vector<Action> actions(const std::string& schedule, int stage, int stages, int micro_batches,
+                                   int lookahead = 0) {
+  if (schedule == GPipe::name) {
+    RESBM_CHECK(lookahead == 0, cat("--lookahead ", lookahead, " does not apply to the gpipe schedule"),
+                "gpipe already runs every forward first; use --lookahead with --schedule 1f1b");
+    return actions(GPipe{}, stage, stages, micro_batches);
+  }
+  if (schedule == OneFOneB::name) return actions(OneFOneB{lookahead}, stage, stages, micro_batches);
   fail(cat("unknown schedule '", schedule, "'"), "pass --schedule gpipe or 1f1b");
 }
 
