@@ -12,11 +12,30 @@
 
 namespace resbm::optim {
 
-// Returns the L2 norm of all gradients before clipping. If it exceeds max_norm, scales
-// every gradient by max_norm / (norm + 1e-6) (PyTorch's clip_grad_norm_; the 1e-6 keeps
-// the clipped norm just under max_norm). max_norm <= 0 only measures. A non-finite norm
-// is returned without scaling: scaling would turn infinities into NaNs and hide which
-// gradients overflowed; the caller should skip the step.
+// The factor a gradient of joint norm `norm` is scaled by: max_norm / (norm + 1e-6) above
+// max_norm (PyTorch's clip_grad_norm_; the 1e-6 keeps the clipped norm just under max_norm),
+// else 1. max_norm <= 0 disables clipping. A non-finite norm gives 1: scaling would turn
+// infinities into NaNs and hide which gradients overflowed; the caller skips or stops.
+// A pipeline computes `norm` across stages and each stage applies this same factor.
+inline double clip_coefficient(double norm, double max_norm) {
+  return max_norm > 0 && std::isfinite(norm) && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
+}
+
+// Every gradient of the arena times coef (nothing to do for 1).
+template <class T>
+void scale_grads(const Context& ctx, ParamArena<T>& arena, double coef) {
+  if (coef == 1.0) return;
+  const T c = T(coef);
+  T* g = arena.grads();
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t n = int64_t(arena.size());
+  parallel_for(ctx, (n + kChunk - 1) / kChunk, [&](int64_t k) {
+    for (int64_t i = k * kChunk, e = std::min(n, i + kChunk); i < e; ++i) g[i] *= c;
+  });
+}
+
+// Returns the L2 norm of all gradients before clipping, and scales them by
+// clip_coefficient(norm, max_norm). max_norm <= 0 only measures.
 template <class T>
 double clip_grad_norm(const Context& ctx, ParamArena<T>& arena, double max_norm) {
   RESBM_CHECK(arena.allocated(), "gradient norm of an arena that is not allocated",
@@ -42,13 +61,7 @@ double clip_grad_norm(const Context& ctx, ParamArena<T>& arena, double max_norm)
   double sq = 0;
   for (double s : partial) sq += s;
   const double norm = std::sqrt(sq);
-  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
-    const T coef = T(max_norm / (norm + 1e-6));
-    parallel_for(ctx, int64_t(pieces.size()), [&](int64_t k) {
-      T* g = grads + pieces[size_t(k)].begin;
-      for (size_t i = 0; i < pieces[size_t(k)].n; ++i) g[i] *= coef;
-    });
-  }
+  scale_grads(ctx, arena, clip_coefficient(norm, max_norm));
   return norm;
 }
 

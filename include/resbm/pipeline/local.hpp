@@ -39,13 +39,7 @@ double clip_global_norm(const Context& ctx, Stages& stages, double max_norm) {
     sq += n * n;
   }
   const double norm = std::sqrt(sq);
-  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
-    const float coef = float(max_norm / (norm + 1e-6));
-    for (auto& s : stages) {
-      float* g = s->arena().grads();
-      for (size_t i = 0; i < s->arena().size(); ++i) g[i] *= coef;
-    }
-  }
+  for (auto& s : stages) optim::scale_grads(ctx, s->arena(), optim::clip_coefficient(norm, max_norm));
   return norm;
 }
 

@@ -209,11 +209,7 @@ class StageRunner {
                                    : "the gradient of " + param + " is not finite"),
                  "lower --lr or raise --warmup and resume from the last checkpoint, or pass --skip-nonfinite");
           }
-          if (o_.clip > 0 && norm > o_.clip) {
-            const float coef = float(o_.clip / (norm + 1e-6));
-            float* g = stage_.arena().grads();
-            for (size_t i = 0; i < stage_.arena().size(); ++i) g[i] *= coef;
-          }
+          optim::scale_grads(ctx_, stage_.arena(), optim::clip_coefficient(norm, o_.clip));
           opt_.step(ctx_, stage_.arena(), lr_scale);
           stage_.constrain(o_.seed);
           stage_.arena().zero_grad();
