@@ -443,11 +443,31 @@ __device__ __forceinline__ void mma_chunk(const FusedArgs& p, const bf16* ws, in
   }
 }
 
-// The C fragments, (g, 2t..2t+1) and (g + 8, 2t..2t+1) of each 8-column n-tile, plus the
-// residual, into zs[(lrow0 + local row)·r + col] (zeros for rows past N); z_out too if asked.
+// The residual's values under this lane's C fragments: (g, 2t..2t+1) and (g + 8, 2t..2t+1)
+// of each 8-column n-tile, two bf16 packed a word (zeros past r or N). All loads are issued
+// before any is used, and before the mmas: they are DRAM round trips, and issued between
+// the z stores (which the compiler must assume alias them) they would run one at a time.
 template <int NT>
-__device__ __forceinline__ void store_z(const FusedArgs& p, const float (&acc)[NT][4], int64_t row0, float* zs,
-                                        int lrow0, int g, int t) {
+__device__ __forceinline__ void load_resid(const FusedArgs& p, int64_t row0, int t, uint32_t (&rv)[NT][2]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = row0 + 8 * h;
+      const int col = nt * 8 + 2 * t;
+      const auto* q = reinterpret_cast<const unsigned short*>(p.resid + row * p.ld_resid + col);
+      uint32_t lo = 0, hi = 0;
+      if (p.resid && row < p.N && col < p.r) lo = __ldg(q);
+      if (p.resid && row < p.N && col + 1 < p.r) hi = __ldg(q + 1);
+      rv[nt][h] = lo | hi << 16;
+    }
+}
+
+// The C fragments plus the residual into zs[(lrow0 + local row)·r + col] (zeros for rows
+// past N); z_out too if asked.
+template <int NT>
+__device__ __forceinline__ void store_z(const FusedArgs& p, const float (&acc)[NT][4], const uint32_t (&rv)[NT][2],
+                                        int64_t row0, float* zs, int lrow0, int g, int t) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -460,7 +480,7 @@ __device__ __forceinline__ void store_z(const FusedArgs& p, const float (&acc)[N
         float z = 0.0f;
         if (row < p.N) {
           z = acc[nt][2 * h + c];
-          if (p.resid) z = __fadd_rn(z, ldf(p.resid + row * p.ld_resid + col));
+          if (p.resid) z = __fadd_rn(z, __uint_as_float((c ? rv[nt][h] >> 16 : rv[nt][h] & 0xffffu) << 16));
           if (p.z_out) p.z_out[row * p.r + col] = z;
         }
         zs[(lrow0 + g + 8 * h) * p.r + col] = z;
@@ -503,8 +523,10 @@ __device__ __forceinline__ void quantize_span(const FusedArgs& p, const float* z
 
 // Each warp: 16-token units u = its global warp index, + the number of warps, ...; z of a
 // unit in its own 16r floats of shared memory, quantised by the warp alone.
+// 4 blocks (16 warps) an SM fit in 128 registers a thread, except at NT = 8 (r > 32),
+// whose 32 accumulators would then spill: 3 blocks there.
 template <int NT, bool kWShared>
-__global__ void __launch_bounds__(kFusedThreads, 4) fused_linear_int8_warps(FusedArgs p) {
+__global__ void __launch_bounds__(kFusedThreads, NT == 8 ? 3 : 4) fused_linear_int8_warps(FusedArgs p) {
   extern __shared__ float4 smem4[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   float* zw = reinterpret_cast<float*>(smem4) + warp * 16 * p.r;
@@ -514,22 +536,27 @@ __global__ void __launch_bounds__(kFusedThreads, 4) fused_linear_int8_warps(Fuse
   const int64_t stride = int64_t(gridDim.x) * kFusedWarps;
   int64_t u = int64_t(blockIdx.x) * kFusedWarps + warp;
   uint4 a0[8], a1[8];
+  uint32_t rv[NT][2];
   load_a(p, u * 16 + g, 0, t, a0, a1);  // in flight while W arrives
+  load_resid<NT>(p, u * 16 + g, t, rv);
   if constexpr (kWShared) {
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncthreads();  // every thread passes here once, before any unit
   }
-  for (; u < units; u += stride) {
+  for (bool first = true; u < units; u += stride) {
     const int64_t row0 = u * 16 + g;
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
     for (int kc = 0; kc < p.H; kc += 256) {
-      if (kc > 0) load_a(p, row0, kc, t, a0, a1);
+      if (!first || kc > 0) load_a(p, row0, kc, t, a0, a1);
+      if (!first && kc == 0) load_resid<NT>(p, row0, t, rv);
       mma_chunk<NT, kWShared>(p, ws, kc, g, t, a0, a1, acc);
     }
-    if (u + stride < units) load_a(p, row0 + 16 * stride, 0, t, a0, a1);  // the next unit's, early
-    store_z<NT>(p, acc, row0, zw, 0, g, t);
+    first = false;
+    // (Loading the next unit's A here, to overlap this one's quantisation, would hold 64
+    // more registers through it: spills at NT = 8. Other warps fill that time instead.)
+    store_z<NT>(p, acc, rv, row0, zw, 0, g, t);
     __syncwarp();
     quantize_span(p, zw, 16 * p.r, u * 16 * p.r, n, lane, 32);
     __syncwarp();  // zw is rewritten by the next unit
@@ -555,12 +582,14 @@ __global__ void __launch_bounds__(kFusedThreads) fused_linear_int8_tiles(FusedAr
       float acc[NT][4];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+      uint32_t rv[NT][2];
       for (int kc = 0; kc < p.H; kc += 256) {
         uint4 a0[8], a1[8];
         load_a(p, row0, kc, t, a0, a1);
+        if (kc == 0) load_resid<NT>(p, row0, t, rv);
         mma_chunk<NT, kWShared>(p, ws, kc, g, t, a0, a1, acc);
       }
-      store_z<NT>(p, acc, row0, zs, sub * 16, g, t);
+      store_z<NT>(p, acc, rv, row0, zs, sub * 16, g, t);
     }
     __syncthreads();
     quantize_span(p, zs, tile * p.r, tok0 * p.r, n, int(threadIdx.x), kFusedThreads);
