@@ -1,4 +1,8 @@
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <thread>
+#include <vector>
 #include <set>
 
 #include "resbm/resbm.hpp"
@@ -72,4 +76,52 @@ TEST_CASE("Context refuses a negative thread count") {
   std::vector<int> out(1000);
   parallel_for(ctx, 1000, [&](int64_t i) { out[size_t(i)] = int(i) * 2; });
   CHECK(out[999] == 1998);
+}
+
+TEST_CASE("parallel_for: every index once, on every thread count, nested and concurrent") {
+  for (int T : {1, 2, 3, 7}) {
+    Context ctx(T);
+    for (int64_t n : {0, 1, 2, 5, 1000, 4097}) {
+      INFO("threads " << T << " n " << n);
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      for (int rep = 0; rep < 50; ++rep) parallel_for(ctx, n, [&](int64_t i) { hits[size_t(i)]++; });
+      for (auto& h : hits) REQUIRE(h.load() == 50);
+    }
+  }
+  // A loop inside a loop, and two threads sharing one Context: both run (inline), no deadlock.
+  Context ctx(4);
+  std::atomic<int64_t> sum{0};
+  auto outer = [&] {
+    parallel_for(ctx, 64, [&](int64_t i) { parallel_for(ctx, 64, [&](int64_t j) { sum += i * 64 + j; }); });
+  };
+  std::thread other(outer);
+  outer();
+  other.join();
+  CHECK(sum.load() == 2 * (4096 * 4095 / 2));
+}
+
+TEST_CASE("parallel_for: an exception from any index reaches the caller; the pool stays usable") {
+  Context ctx(3);
+  for (int64_t bad : {0, 500, 999}) {
+    INFO("throwing index " << bad);
+    CHECK_THROWS_WITH(parallel_for(ctx, 1000,
+                                   [&](int64_t i) {
+                                     if (i == bad) throw Error("index failed", "none");
+                                   }),
+                      Catch::Matchers::Contains("index failed"));
+    std::vector<int> out(1000, 0);
+    parallel_for(ctx, 1000, [&](int64_t i) { out[size_t(i)] = 1; });
+    CHECK(std::count(out.begin(), out.end(), 1) == 1000);
+  }
+}
+
+TEST_CASE("parallel_for: idle workers sleep and wake for the next loop") {
+  Context ctx(2);
+  std::vector<int> out(10, 0);
+  for (int rep = 0; rep < 3; ++rep) {
+    // Longer than ThreadPool::kSpin, so the worker has gone to sleep on the futex.
+    std::this_thread::sleep_for(ThreadPool::kSpin * 5);
+    parallel_for(ctx, 10, [&](int64_t i) { out[size_t(i)] += 1; });
+  }
+  CHECK(std::count(out.begin(), out.end(), 3) == 10);
 }
