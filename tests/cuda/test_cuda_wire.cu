@@ -379,7 +379,8 @@ TEST_CASE("cuda fused encoder output + int8 wire: the CPU's bytes of the z it co
   fused_cases<Int8Grouped<16>>();  // the Resbm preset's forward wire
   fused_cases<Int8Grouped<64>>();
   fused_cases<Int8PerToken>();     // ResbmLinear's
-  fused_cases<Int8Grouped<5>>();   // groups that cut tokens anywhere: 320-token tiles
+  fused_cases<Int8Grouped<5>>();   // groups that cut tokens anywhere: 80- to 320-token tiles
+  fused_cases<Int8Grouped<256>>();  // per warp, one thread a group, at r = 16..64; tiles below
 }
 
 TEST_CASE("cuda fused encoder output: a non-finite z is the CPU's Error") {
