@@ -10,11 +10,12 @@
 // - The GPU is little-endian, so fp32 scales and bf16 values are stored as they are: the
 //   CPU's explicit little-endian bytes.
 // - scale = absmax / 127 by IEEE division (__fdiv_rn). The CPU rounds x / scale in double
-//   (nearbyint, ties to even). Here the quotient is x times the fp32 reciprocal, within 2
-//   ulp of x / scale, rounded with rintf; that can round differently from the double only
-//   within 2^-10 of a half-integer (|q| <= 254, so an ulp is at most 2^-15), and those
-//   values (about one in 500) are redone by double division. Double division for every
-//   value would cost ~10 DFMA each, about as long as reading the value from memory.
+//   (nearbyint, ties to even). Here the quotient is x times rcp.approx(scale), within 3 ulp
+//   of x / scale, rounded by the 1.5·2^23 trick (code_of); that can round differently from
+//   the double only within 2^-10 of a half-integer (|q| <= 127.0001, so an ulp is 2^-17),
+//   and those values (about one in 500), like every value of a group with a subnormal
+//   scale, are redone by double division (code_slow). Double division for every value
+//   would cost ~10 DFMA each, about as long as reading the value from memory.
 // - A zero group has scale 0 and codes 0; a scale that underflows to 0 gives codes 0 too.
 // Not valid under --use_fast_math (flush-to-zero would change subnormal scales).
 //
@@ -36,7 +37,8 @@
 //   widths 4..128 (fp32) or 8..256 (bf16).
 // - any other group (G = 3, per-token width 2, ...): one thread per group, scalar.
 // - Bf16Wire: one thread per value.
-// - fused_linear_encode: see the comment above fused_linear_int8.
+// - fused_linear_encode: see the comment that opens its section below (per-warp units, or
+//   block tiles for groups that 16 tokens do not hold whole).
 // The lanes kernels load kUnroll vectors per thread before using any, for bytes in flight.
 #include <cuda_bf16.h>
 
