@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -66,6 +67,29 @@ TEST_CASE("crc32c matches the standard check value and the software tables") {
   inc.update(data.data(), 1000);
   inc.update(data.data() + 1000, data.size() - 1000);
   REQUIRE(inc.value() == crc32c(data));
+}
+
+TEST_CASE("crc32c: the fast paths agree with the tables at every block boundary and in pieces") {
+  // Around the lengths where the paths change: the fused superblock (3 crc32 streams and
+  // the carry-less folding), the three-stream tail, the single stream; at odd offsets.
+  auto data = random_bytes(200000, 11);
+  std::vector<size_t> lengths;
+  for (size_t n = 0; n <= 2100; ++n) lengths.push_back(n);
+  for (size_t base : {size_t(7232), size_t(2 * 7232), size_t(12288), size_t(65536), size_t(3 * 7232 + 768)})
+    for (size_t d = base - 17; d <= base + 17; ++d) lengths.push_back(d);
+  lengths.push_back(data.size() - 7);
+  size_t mismatches = 0;
+  for (size_t off : {size_t(0), size_t(1), size_t(7)})
+    for (size_t n : lengths)
+      mismatches += crc32c_update(0x9E3779B9u, data.data() + off, n) != crc32c_update_sw(0x9E3779B9u, data.data() + off, n);
+  REQUIRE(mismatches == 0);
+  // A 64 KiB payload fed in the uneven pieces a socket returns chains to the one-shot crc.
+  std::span<const std::byte> payload(data.data() + 3, 65536);
+  Crc32c pieces;
+  for (size_t at = 0, k = 1; at < payload.size(); at += k, k = k * 3 + 5)
+    pieces.update(payload.data() + at, std::min(k, payload.size() - at));
+  REQUIRE(pieces.value() == crc32c(payload));
+  REQUIRE(pieces.value() == ~crc32c_update_sw(~0u, payload.data(), payload.size()));
 }
 
 TEST_CASE("a header round-trips and is 48 little-endian bytes") {

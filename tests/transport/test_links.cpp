@@ -157,3 +157,15 @@ TEST_CASE("a moved in-process link keeps working") {
   REQUIRE(b.recv(Kind::activation, 1s).header.step == 9);
   REQUIRE(has(error_of([&] { pair.first.send(header(Kind::activation, 0, 0), {}); }), "moved-from"));
 }
+
+TEST_CASE("recv_into on a link without its own: recv() and a move; an Error empties the buffer") {
+  auto [a, b] = make_in_process_pair();
+  std::vector<std::byte> buf = pattern(500, 9);
+  a.send(header(Kind::activation, 1, 4), pattern(30, 1));
+  FrameHeader h = recv_into(b, Kind::activation, 1s, buf);
+  REQUIRE(h.micro_batch == 4);
+  REQUIRE(h.payload_len == 30);
+  REQUIRE(buf == pattern(30, 1));  // nothing of what the buffer held before
+  REQUIRE_THROWS_AS(recv_into(b, Kind::activation, 10ms, buf), LinkTimeout);
+  REQUIRE(buf.empty());
+}

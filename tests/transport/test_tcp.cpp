@@ -2,10 +2,12 @@
 #include <cstdio>
 #include <cstring>
 #include <future>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "resbm/transport/any_link.hpp"
 #include "resbm/transport/tcp.hpp"
 #include "support/catch.hpp"
 
@@ -179,6 +181,108 @@ TEST_CASE("TCP: recv timeout names the peer, the kind and the time; the link sta
   REQUIRE(timed_out);
   b.send(header(Kind::gradient, 2, 0), pattern(1000, 1));
   REQUIRE(a.recv(Kind::gradient, 3s).payload == pattern(1000, 1));
+}
+
+TEST_CASE("TCP: recv_into reuses the caller's buffer; a shorter frame shows nothing of an earlier one") {
+  TcpListener listener("127.0.0.1", 0);
+  auto server = std::async(std::launch::async, [&] { return listener.accept(hs(1, 0), quick()); });
+  TcpLink a = TcpLink::connect("127.0.0.1", listener.port(), hs(0, 1), quick());
+  TcpLink b = server.get();
+  const size_t sizes[] = {70000, 10, 0, 70000, 69999, 5000, 300000, 3};
+  std::thread sender([&] {  // more than the socket buffers hold: sent while b reads
+    for (size_t i = 0; i < std::size(sizes); ++i) a.send(header(Kind::activation, 1, uint32_t(i)), pattern(sizes[i], uint32_t(i)));
+    a.send(header(Kind::heartbeat, 1, 99), pattern(40000, 99));  // skipped, into the same buffer
+    a.send(header(Kind::activation, 1, 100), pattern(1, 100));
+  });
+
+  std::vector<std::byte> buf;
+  const std::byte* first = nullptr;
+  for (size_t i = 0; i < std::size(sizes); ++i) {
+    FrameHeader h = b.recv_into(Kind::activation, 3s, buf);
+    INFO("frame " << i << " of " << sizes[i] << " bytes");
+    REQUIRE(h.micro_batch == uint32_t(i));
+    REQUIRE(h.payload_len == sizes[i]);
+    REQUIRE(buf == pattern(sizes[i], uint32_t(i)));  // exactly this frame: size and every byte
+    if (i == 0) first = buf.data();
+    // No reallocation until a frame outgrows the first one.
+    if (i > 0 && i < 6) REQUIRE(buf.data() == first);
+  }
+  REQUIRE(b.recv_into(Kind::activation, 3s, buf).micro_batch == 100);
+  sender.join();
+  REQUIRE(buf == pattern(1, 100));
+  // The generic form and AnyLink reach the same path; frames count as recv() counts them.
+  a.send(header(Kind::activation, 2, 0), pattern(20, 7));
+  AnyLink any(std::move(b));
+  REQUIRE(recv_into(any, Kind::activation, 3s, buf).step == 2);
+  REQUIRE(buf == pattern(20, 7));
+  REQUIRE(any.stats().frames_received == 1 + std::size(sizes) + 2 + 1);  // + handshake, heartbeat
+
+  // A frame of the wrong kind is an Error, and leaves the buffer empty.
+  a.send(header(Kind::gradient, 3, 0), pattern(50, 1));
+  REQUIRE(has(error_of([&] { any.recv_into(Kind::activation, 3s, buf); }), "expected activation frame"));
+  REQUIRE(buf.empty());
+}
+
+TEST_CASE("TCP: recv_into checks the header before it sizes the buffer, and a corrupt payload empties it") {
+  TcpListener listener("127.0.0.1", 0);
+  for (int variant = 0; variant < 2; ++variant) {
+    std::thread client([&] {
+      RawPeer raw(listener.port());
+      raw.handshake(hs(0, 1));
+      FrameHeader h = header(Kind::activation, 4, 2);
+      if (variant == 0) {
+        h.payload_len = uint64_t(1) << 40;  // 1 TiB, declared by a valid header
+        raw.write(encode_header(h));
+      } else {
+        auto f = raw.frame(h, pattern(5000, 3));
+        f[48 + 4321] ^= std::byte{0x01};
+        raw.write(f);
+      }
+      std::this_thread::sleep_for(300ms);
+    });
+    TcpOptions o = quick();
+    o.limits.max_payload = 1 << 20;
+    TcpLink b = listener.accept(hs(1, 0), o);
+    std::vector<std::byte> buf(64, std::byte{0x77});
+    const size_t capacity = buf.capacity();
+    std::string e = error_of([&] { b.recv_into(Kind::activation, 3s, buf); });
+    client.join();
+    INFO(e);
+    if (variant == 0) {
+      REQUIRE(has(e, "payload of 1099511627776 bytes exceeds the configured maximum 1048576"));
+      REQUIRE(buf.capacity() == capacity);  // nothing was allocated from the declared length
+    } else {
+      REQUIRE(has(e, "payload corrupted in transit (activation frame, step 4, micro-batch 2"));
+    }
+    REQUIRE(buf.empty());
+    REQUIRE(has(error_of([&] { b.recv_into(Kind::activation, 1s, buf); }), "failed earlier"));
+  }
+}
+
+TEST_CASE("TCP: recv timeouts shorter and longer than the stall timeout, one after the other") {
+  // The socket's receive timeout is set only when it would overshoot the time left, or
+  // wake far too often: each wait must still end on time, and a long one must not end early.
+  TcpListener listener("127.0.0.1", 0);
+  auto server = std::async(std::launch::async, [&] { return listener.accept(hs(1, 0), quick()); });
+  TcpLink a = TcpLink::connect("127.0.0.1", listener.port(), hs(0, 1), quick());  // stall 3 s
+  TcpLink b = server.get();
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE_THROWS_AS(a.recv(Kind::gradient, 150ms), LinkTimeout);
+  REQUIRE(since(t0) >= 0.14);
+  REQUIRE(since(t0) < 1.0);
+  t0 = std::chrono::steady_clock::now();
+  REQUIRE_THROWS_AS(a.recv(Kind::gradient, 20ms), LinkTimeout);
+  REQUIRE(since(t0) < 0.5);
+  std::thread late([&] {
+    std::this_thread::sleep_for(600ms);
+    b.send(header(Kind::gradient, 1, 0), pattern(100000, 5));
+  });
+  t0 = std::chrono::steady_clock::now();
+  Message m = a.recv(Kind::gradient, 5s);  // outlasts the 20 ms the socket was last given
+  late.join();
+  REQUIRE(since(t0) >= 0.55);
+  REQUIRE(m.payload == pattern(100000, 5));
+  REQUIRE_THROWS_AS(a.recv(Kind::gradient, 0ms), LinkTimeout);  // 0: look, do not wait
 }
 
 TEST_CASE("TCP: close() wakes a recv blocked on another thread") {

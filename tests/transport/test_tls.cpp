@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -291,6 +292,27 @@ TEST_CASE("TLS: close() on one thread wakes a recv() blocked on another") {
   std::string e = waiting.get();
   REQUIRE(std::chrono::steady_clock::now() - t0 < 5s);
   REQUIRE(has(e, "closed by this stage"));
+}
+
+TEST_CASE("TLS: recv_into reuses the caller's buffer; a shorter frame shows nothing of an earlier one") {
+  TlsListener listener("127.0.0.1", 0, pki().opts("stage-1"));
+  auto server = std::async(std::launch::async, [&] { return listener.accept(hs(1, 0), quick()); });
+  TlsLink a = TlsLink::connect("127.0.0.1", listener.port(), hs(0, 1), quick(), pki().opts("stage-0"));
+  TlsLink b = server.get();
+  // Around the first record (16 KiB - 48 bytes of payload travel with the header).
+  const size_t sizes[] = {200000, 16336, 16337, 7, 0, 16335, 123456};
+  std::thread sender([&] {
+    for (size_t i = 0; i < std::size(sizes); ++i) a.send(header(Kind::activation, 1, uint32_t(i)), pattern(sizes[i], uint32_t(i)));
+  });
+  std::vector<std::byte> buf;
+  for (size_t i = 0; i < std::size(sizes); ++i) {
+    FrameHeader h = b.recv_into(Kind::activation, 5s, buf);
+    INFO("frame " << i << " of " << sizes[i] << " bytes");
+    REQUIRE(h.micro_batch == uint32_t(i));
+    REQUIRE(buf == pattern(sizes[i], uint32_t(i)));
+  }
+  sender.join();
+  REQUIRE(buf.capacity() >= 200000);  // kept from the first frame
 }
 
 TEST_CASE("TLS: a peer without a certificate is refused, and told so") {

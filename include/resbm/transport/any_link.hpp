@@ -4,6 +4,7 @@
 #include <memory>
 #include <utility>
 #include <type_traits>
+#include <vector>
 
 #include "resbm/transport/concepts.hpp"
 
@@ -27,6 +28,10 @@ class AnyLink {
   explicit operator bool() const { return bool(impl_); }
   void send(const FrameHeader& h, std::span<const std::byte> payload) { impl_->send(h, payload); }
   Message recv(Kind expected, std::chrono::milliseconds timeout) { return impl_->recv(expected, timeout); }
+  // transport::recv_into() through the wrapped link (see concepts.hpp).
+  FrameHeader recv_into(Kind expected, std::chrono::milliseconds timeout, std::vector<std::byte>& payload) {
+    return impl_->recv_into(expected, timeout, payload);
+  }
   void close() {
     if (impl_) impl_->close();
   }
@@ -38,6 +43,7 @@ class AnyLink {
     virtual ~Concept() = default;
     virtual void send(const FrameHeader&, std::span<const std::byte>) = 0;
     virtual Message recv(Kind, std::chrono::milliseconds) = 0;
+    virtual FrameHeader recv_into(Kind, std::chrono::milliseconds, std::vector<std::byte>&) = 0;
     virtual void close() = 0;
     virtual std::string peer() const = 0;
     virtual LinkStats stats() const = 0;
@@ -49,6 +55,9 @@ class AnyLink {
     explicit Model(std::in_place_t, Args&&... args) : link(std::forward<Args>(args)...) {}
     void send(const FrameHeader& h, std::span<const std::byte> p) override { link.send(h, p); }
     Message recv(Kind k, std::chrono::milliseconds t) override { return link.recv(k, t); }
+    FrameHeader recv_into(Kind k, std::chrono::milliseconds t, std::vector<std::byte>& p) override {
+      return transport::recv_into(link, k, t, p);
+    }
     void close() override { link.close(); }
     std::string peer() const override { return link.peer(); }
     LinkStats stats() const override { return link.stats(); }

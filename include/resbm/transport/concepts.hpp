@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "resbm/core/error.hpp"
@@ -72,6 +73,23 @@ concept Link = requires(L& link, const L& clink, const FrameHeader& h,
   { clink.peer() } -> std::convertible_to<std::string>;
   { clink.stats() } -> std::same_as<LinkStats>;
 };
+
+// recv() into a buffer the caller keeps from frame to frame: the link's own recv_into()
+// where it has one (TcpLink, TlsLink: the buffer's capacity is reused, so a frame costs no
+// allocation and no zero-fill once it has grown), else recv() and a move. On return
+// payload.size() is the frame's payload length, and nothing of an earlier frame remains
+// in it; on an Error it is empty.
+template <Link L>
+FrameHeader recv_into(L& link, Kind expected, std::chrono::milliseconds timeout, std::vector<std::byte>& payload) {
+  if constexpr (requires { { link.recv_into(expected, timeout, payload) } -> std::same_as<FrameHeader>; }) {
+    return link.recv_into(expected, timeout, payload);
+  } else {
+    payload.clear();
+    Message m = link.recv(expected, timeout);
+    payload = std::move(m.payload);
+    return m.header;
+  }
+}
 
 namespace detail {
 // The part of recv() common to every link, once a valid frame is in hand: true to

@@ -100,6 +100,9 @@ class Shaped {
   }
 
   Message recv(Kind expected, std::chrono::milliseconds timeout) { return inner_.recv(expected, timeout); }
+  FrameHeader recv_into(Kind expected, std::chrono::milliseconds timeout, std::vector<std::byte>& payload) {
+    return transport::recv_into(inner_, expected, timeout, payload);
+  }
 
   // Delivers every frame already sent, each at its due time, then closes the inner link
   // (which sends its shutdown frame behind them). Never throws; a delivery failure was

@@ -1,23 +1,21 @@
 #pragma once
-// Frames over TCP (Boost.Asio), for one process per stage on one host or across the
-// internet.
+// Frames over TCP (Boost.Asio for resolving, connecting and accepting), for one process per
+// stage on one host or across the internet. The framing loop, its two clocks and its error
+// rules are shared with TlsLink: stream_core.hpp.
 //
-// Deadlines. Asio's blocking calls have no timeout, and SO_RCVTIMEO does not help: on
+// Deadlines. Asio's blocking calls have no timeout, and SO_RCVTIMEO does not help them: on
 // EAGAIN Asio's synchronous read falls back to poll() with no timeout. Async operations
 // with io_context::run_for would make the sending and the receiving thread run one
-// io_context, and each run_for returns only when *both* operations are done. So the
-// socket is put in non-blocking mode, Asio does the reads and (gather) writes, and a
-// poll() on the descriptor with the remaining time does the waiting. Connect and accept,
-// which happen before the link is shared between threads, use async ops + run_for.
-//
-// Two clocks. recv(kind, timeout) waits `timeout` for the *start* of a frame; once a frame
-// has started, only a stall (no byte for Options::stall_timeout) is an Error. A large frame
-// over a slow link then takes as long as it needs, while a peer that dies mid-frame is
-// still caught. A timeout before the first byte consumes nothing and leaves the link
-// usable; any failure inside a frame leaves the stream out of step, so the link is marked
-// broken and every later call repeats that Error.
-#include <poll.h>
+// io_context, and each run_for returns only when *both* operations are done. So once
+// connected the link does its own I/O on the blocking descriptor: recv() bounded by
+// SO_RCVTIMEO (one syscall that sleeps in the kernel, as a raw blocking read does, instead
+// of EAGAIN + poll() + read), and sendmsg() gathering header and payload, bounded by
+// SO_SNDTIMEO. Each timeout belongs to the one thread that reads (or writes) at a time and
+// is set only when it must change (TcpStream::bound). Connect and accept, which happen
+// before the link is shared between threads, use async ops + run_for.
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/uio.h>
 
 #include <algorithm>
 #include <array>
@@ -36,6 +34,7 @@
 
 #include "resbm/io/json.hpp"
 #include "resbm/transport/concepts.hpp"
+#include "resbm/transport/stream_core.hpp"
 
 namespace resbm::transport {
 
@@ -49,20 +48,9 @@ struct Handshake {
   int expect_peer = -1;      // the stage required at the other end; -1: any other stage
 };
 
-struct TcpOptions {
-  Limits limits;                                       // largest payload accepted (--max-frame)
-  std::chrono::milliseconds connect_timeout{30000};    // connect: total over all attempts
-  std::chrono::milliseconds retry_initial{50};         // first back-off, doubled each attempt
-  std::chrono::milliseconds retry_max{2000};           // back-off ceiling
-  std::chrono::milliseconds accept_timeout{300000};    // accept: wait for a peer to connect
-  std::chrono::milliseconds handshake_timeout{30000};  // wait for the peer's handshake frame
-  std::chrono::milliseconds stall_timeout{60000};      // mid-frame: no progress for this long
-};
-
 namespace detail {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-using Clock = std::chrono::steady_clock;
 
 inline std::string endpoint_text(const tcp::endpoint& ep) {
   auto a = ep.address();
@@ -76,20 +64,177 @@ inline std::string hex64(uint64_t v) {
   return s;
 }
 
-inline double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+// The clear byte stream of TcpLink over a blocking descriptor (see the top of this file).
+class TcpStream {
+ public:
+  static constexpr bool kAuthenticated = false;
+  static constexpr const char* kEofFix = "check the peer's log: it probably exited or crashed";
 
-// Waits until fd is ready for `events` or the deadline passes; false on timeout.
-inline bool wait_fd(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() < 0) left = std::chrono::milliseconds(0);
-    pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, int(std::min<int64_t>(left.count(), 1 << 30)));
-    if (r > 0) return true;  // ready, or an error/hangup the next read/write reports
-    if (r < 0 && errno != EINTR)
-      fail(cat("poll() on a socket failed: ", std::strerror(errno)), "report this as a bug");
-    if (r == 0 && Clock::now() >= deadline) return false;
+  void attach(int fd) { fd_ = fd; }
+
+  IoStep read(std::byte* p, size_t n, Clock::time_point deadline) {
+    for (;;) {
+      const int flags = bound(SO_RCVTIMEO, rcv_ms_, deadline);
+      ssize_t r = ::recv(fd_, p, n, flags);
+      if (r > 0) return {IoStep::done, size_t(r), {}, {}, {}};
+      if (r == 0) return {IoStep::eof, 0, {}, {}, {}};
+      if (IoStep st; again(deadline, st)) continue;
+      else return st;
+    }
   }
+
+  IoStep write(const HeaderBytes& h, std::span<const std::byte> payload, size_t done, Clock::time_point deadline) {
+    std::array<iovec, 2> iov;
+    size_t k = 0;
+    if (done < kHeaderSize) iov[k++] = {const_cast<std::byte*>(h.data() + done), kHeaderSize - done};
+    const size_t pdone = done > kHeaderSize ? done - kHeaderSize : 0;
+    if (pdone < payload.size())
+      iov[k++] = {const_cast<std::byte*>(payload.data() + pdone), payload.size() - pdone};
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = k;
+    for (;;) {
+      const int flags = bound(SO_SNDTIMEO, snd_ms_, deadline) | MSG_NOSIGNAL;
+      ssize_t r = ::sendmsg(fd_, &msg, flags);
+      if (r > 0) return {IoStep::done, size_t(r), {}, {}, {}};
+      if (r == 0) errno = EAGAIN;
+      if (IoStep st; again(deadline, st)) continue;
+      else return st;
+    }
+  }
+
+ private:
+  // Bounds the next call's sleep by the time left and returns the flags for it:
+  // MSG_DONTWAIT once the deadline has passed (SO_*TIMEO 0 would mean "forever"). The
+  // socket's timeout only ever has to be <= the time left: a shorter one wakes the call
+  // early and again() retries. So it is set only when it would overshoot, or when it is
+  // under a second and under half the time left (too many wake-ups); a link whose recv
+  // timeout and stall timeout differ then settles on one value instead of two setsockopt
+  // calls a frame.
+  int bound(int option, int64_t& current_ms, Clock::time_point deadline) {
+    const int64_t left = ms_left(deadline);
+    if (left == 0) return MSG_DONTWAIT;
+    if (current_ms <= 0 || current_ms > left || (current_ms < 1000 && current_ms < left / 2)) {
+      timeval tv{time_t(left / 1000), suseconds_t((left % 1000) * 1000)};
+      if (::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof tv) != 0)
+        fail(cat("cannot set a socket timeout: ", std::strerror(errno)), "report this as a bug");
+      current_ms = left;
+    }
+    return 0;
+  }
+
+  // After a failed call: true to try again (interrupted, or woken before the deadline);
+  // otherwise `st` says why it stopped.
+  static bool again(Clock::time_point deadline, IoStep& st) {
+    if (errno == EINTR) return true;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (Clock::now() < deadline) return true;
+      st.result = IoStep::timed_out;
+      return false;
+    }
+    st.result = IoStep::failed;
+    st.reason = std::strerror(errno);
+    return false;
+  }
+
+  int fd_ = -1;
+  int64_t rcv_ms_ = -1;  // SO_RCVTIMEO as last set; the receiving thread's (under recv_mu)
+  int64_t snd_ms_ = -1;  // SO_SNDTIMEO as last set; the sending thread's (under send_mu)
+};
+
+// Connects `sock` to host:port, retrying with exponential back-off (retry_initial doubling
+// up to retry_max) until opt.connect_timeout has passed in total.
+inline void connect_with_retry(asio::io_context& io, tcp::socket& sock, const std::string& host, uint16_t port,
+                               const TcpOptions& opt) {
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + opt.connect_timeout;
+  auto backoff = opt.retry_initial;
+  int attempts = 0;
+  for (;;) {
+    ++attempts;
+    boost::system::error_code ec;
+    tcp::resolver resolver(io);
+    auto endpoints = resolver.resolve(host, std::to_string(port), ec);
+    if (!ec) {
+      bool done = false;
+      asio::async_connect(sock, endpoints, [&](const boost::system::error_code& e, const tcp::endpoint&) {
+        ec = e;
+        done = true;
+      });
+      io.restart();
+      io.run_for(std::max(deadline - Clock::now(), Clock::duration(0)));
+      if (!done) {
+        boost::system::error_code ignore;
+        sock.close(ignore);  // cancels the pending connect
+        io.restart();
+        io.run();
+        ec = asio::error::timed_out;
+      }
+      if (!ec) return;
+      boost::system::error_code ignore;
+      sock.close(ignore);
+    }
+    const auto now = Clock::now();
+    if (now >= deadline)
+      fail(cat("could not connect to ", host, ":", port, " after ", attempts, " attempts in ",
+               std::chrono::duration_cast<std::chrono::milliseconds>(now - t0).count(),
+               " ms (last error: ", ec.message(), ")"),
+           cat("start the stage that listens on ", host, ":", port,
+               " first, check the host, port and firewall, or raise the connect timeout"));
+    std::this_thread::sleep_for(std::min<Clock::duration>(backoff, deadline - now));
+    backoff = std::min(backoff * 2, opt.retry_max);
+  }
+}
+
+// A listening socket on host:port (port 0: any free port).
+inline void listen_on(tcp::acceptor& acceptor, asio::io_context& io, const std::string& host, uint16_t port) {
+  boost::system::error_code ec;
+  tcp::resolver resolver(io);
+  auto eps = resolver.resolve(host, std::to_string(port), tcp::resolver::passive, ec);
+  RESBM_CHECK(!ec && !eps.empty(), cat("cannot resolve listen address ", host, ":", port, ": ", ec.message()),
+              "pass an address of this machine, e.g. 0.0.0.0 or 127.0.0.1");
+  auto ep = eps.begin()->endpoint();
+  acceptor.open(ep.protocol(), ec);
+  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor.bind(ep, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  RESBM_CHECK(!ec, cat("cannot listen on ", host, ":", port, ": ", ec.message()),
+              "pick a free port (0 lets the OS choose) or stop the process that holds it");
+}
+
+// Waits up to `timeout` for a connection on `acceptor` into `sock`.
+inline void accept_within(tcp::acceptor& acceptor, asio::io_context& io, tcp::socket& sock,
+                          std::chrono::milliseconds timeout) {
+  boost::system::error_code ec;
+  bool done = false;
+  acceptor.async_accept(sock, [&](const boost::system::error_code& e) {
+    ec = e;
+    done = true;
+  });
+  io.restart();
+  io.run_for(timeout);
+  const std::string address = endpoint_text(acceptor.local_endpoint());
+  if (!done) {
+    boost::system::error_code ignore;
+    acceptor.cancel(ignore);
+    io.restart();
+    io.run();
+    if (!done || ec == asio::error::operation_aborted)
+      fail(cat("no stage connected to ", address, " within ", timeout_text(timeout)),
+           "start the neighbouring stage, check that it points at this address, or raise the accept timeout");
+  }
+  RESBM_CHECK(!ec, cat("accepting a connection on ", address, " failed: ", ec.message()),
+              "check the system's socket limits");
+}
+
+// The socket options of every stream link, then the peer's address for messages.
+inline std::string prepare_socket(tcp::socket& sock, bool non_blocking) {
+  boost::system::error_code ec;
+  sock.set_option(tcp::no_delay(true), ec);  // frames are whole messages: no Nagle delay
+  sock.non_blocking(non_blocking, ec);
+  RESBM_CHECK(!ec, cat("cannot set the socket's blocking mode: ", ec.message()), "report this as a bug");
+  auto ep = sock.remote_endpoint(ec);
+  return ec ? std::string("<unknown peer>") : endpoint_text(ep);
 }
 }  // namespace detail
 
@@ -170,132 +315,51 @@ inline void verify_handshake(const Handshake& mine, const Handshake& theirs, con
                 "give every stage a distinct index in [0, n_stages)");
 }
 
-class TcpListener;
-
-class TcpLink {
+namespace detail {
+// What TcpLink and TlsLink share above the framing loop: a State on the heap (the framing
+// loop's mutexes and the socket never move; the link is a movable handle), the Link
+// operations, close(), and the resbm handshake. State derives from FrameChannel<Stream>
+// and has `sock`, `peer_addr`, `peer_hs`, `end_session()` (what to do before the socket is
+// shut down) and `kName`.
+template <class State>
+class StreamLink {
  public:
-  using Options = TcpOptions;
-
-  // Connects to host:port, retrying with exponential back-off (retry_initial doubling up
-  // to retry_max) until connect_timeout has passed in total, then handshakes. A refused
-  // handshake is not retried: a wrong config does not fix itself.
-  static TcpLink connect(const std::string& host, uint16_t port, const Handshake& hs,
-                         const Options& opt = {}) {
-    namespace asio = detail::asio;
-    auto st = std::make_unique<State>(opt);
-    auto t0 = detail::Clock::now();
-    auto deadline = t0 + opt.connect_timeout;
-    auto backoff = opt.retry_initial;
-    int attempts = 0;
-    std::string last_error;
-    for (;;) {
-      ++attempts;
-      boost::system::error_code ec;
-      detail::tcp::resolver resolver(st->io);
-      auto endpoints = resolver.resolve(host, std::to_string(port), ec);
-      if (!ec) {
-        bool done = false;
-        asio::async_connect(st->sock, endpoints,
-                            [&](const boost::system::error_code& e, const detail::tcp::endpoint&) {
-                              ec = e;
-                              done = true;
-                            });
-        st->io.restart();
-        st->io.run_for(std::max(deadline - detail::Clock::now(), detail::Clock::duration(0)));
-        if (!done) {
-          boost::system::error_code ignore;
-          st->sock.close(ignore);  // cancels the pending connect
-          st->io.restart();
-          st->io.run();
-          ec = asio::error::timed_out;
-        }
-        if (!ec) break;
-        boost::system::error_code ignore;
-        st->sock.close(ignore);
-      }
-      last_error = ec.message();
-      auto now = detail::Clock::now();
-      if (now >= deadline)
-        fail(cat("could not connect to ", host, ":", port, " after ", attempts, " attempts in ",
-                 std::chrono::duration_cast<std::chrono::milliseconds>(now - t0).count(),
-                 " ms (last error: ", last_error, ")"),
-             cat("start the stage that listens on ", host, ":", port,
-                 " first, check the host, port and firewall, or raise the connect timeout"));
-      std::this_thread::sleep_for(std::min<detail::Clock::duration>(backoff, deadline - now));
-      backoff = std::min(backoff * 2, opt.retry_max);
-    }
-    TcpLink link(std::move(st));
-    link.start(hs, /*initiator=*/true);
-    return link;
-  }
-
-  TcpLink(TcpLink&&) noexcept = default;
-  TcpLink& operator=(TcpLink&& o) noexcept {
+  StreamLink(StreamLink&&) noexcept = default;
+  StreamLink& operator=(StreamLink&& o) noexcept {
     if (this != &o) {
       close_quietly();
       st_ = std::move(o.st_);
     }
     return *this;
   }
-  ~TcpLink() { close_quietly(); }
+  ~StreamLink() { close_quietly(); }
 
-  void send(const FrameHeader& h, std::span<const std::byte> payload) {
-    auto t0 = detail::Clock::now();
-    State& s = state();
-    RESBM_CHECK(payload.size() <= s.opt.limits.max_payload,
-                cat("payload of ", payload.size(), " bytes exceeds the configured maximum ",
-                    s.opt.limits.max_payload),
-                "raise --max-frame or check the peer's config");
-    std::lock_guard lk(s.send_mu);
-    check_usable(cat("send ", kind_name(h.kind), " frame"));
-    write_frame(seal(h, payload), payload);
-    std::lock_guard sl(s.stats_mu);
-    s.stats.bytes_sent += kHeaderSize + payload.size();
-    s.stats.frames_sent += 1;
-    s.stats.send_seconds += detail::seconds(detail::Clock::now() - t0);
-  }
+  void send(const FrameHeader& h, std::span<const std::byte> payload) { state().send(h, payload); }
 
   Message recv(Kind expected, std::chrono::milliseconds timeout) {
-    State& s = state();
-    std::lock_guard lk(s.recv_mu);
-    for (;;) {
-      auto t0 = detail::Clock::now();
-      check_usable(cat("receive ", kind_name(expected), " frame"));
-      RESBM_CHECK(!s.peer_shut.load(),
-                  cat("peer ", s.peer_name, " already shut the link down"),
-                  "stop receiving once recv() reported LinkClosed");
-      Message m;
-      uint64_t bytes = 0;
-      try {
-        bytes = read_frame(m, expected, timeout);
-      } catch (...) {
-        account_recv(0, t0);
-        throw;
-      }
-      account_recv(bytes, t0);
-      if (m.header.kind == Kind::shutdown) s.peer_shut = true;
-      if (detail::deliverable(m.header, expected, s.peer_name)) return m;
-    }
+    Message m;
+    m.header = state().recv(expected, timeout, m.payload);
+    return m;
   }
 
-  // Sends a shutdown frame (bounded by one second: the peer may be gone), then shuts the
-  // socket down in both directions, which also wakes a recv() blocked on another thread.
-  // Linux delivers data queued before a reset, so the peer still reads the shutdown frame.
+  // recv() into the caller's buffer, which keeps its capacity from call to call: once it
+  // has grown to the frame size, a frame costs no allocation and no zero-fill. On return
+  // payload.size() is the frame's payload length, and no byte of an earlier (longer) frame
+  // is left in it; on an Error it is empty.
+  FrameHeader recv_into(Kind expected, std::chrono::milliseconds timeout, std::vector<std::byte>& payload) {
+    return state().recv(expected, timeout, payload);
+  }
+
+  // Sends a shutdown frame (bounded by one second: the peer may be gone), ends the session
+  // (TLS: close_notify), then shuts the socket down in both directions, which also wakes a
+  // recv() blocked on another thread. Linux delivers data queued before a reset, so the
+  // peer still reads the shutdown frame.
   void close() {
     if (!st_ || st_->closed.exchange(true)) return;
-    State& s = *st_;
-    if (!s.broken.load() && !s.peer_shut.load()) {
-      try {
-        std::lock_guard lk(s.send_mu);
-        FrameHeader h;
-        h.kind = Kind::shutdown;
-        write_frame(seal(h, {}), {}, std::chrono::milliseconds(1000));
-      } catch (const Error&) {
-        // The peer is gone already; there is nobody left to tell.
-      }
-    }
+    st_->send_shutdown_frame();
+    st_->end_session();
     boost::system::error_code ignore;
-    s.sock.shutdown(detail::tcp::socket::shutdown_both, ignore);
+    st_->sock.shutdown(tcp::socket::shutdown_both, ignore);
   }
 
   std::string peer() const { return st_ ? st_->peer_name : "<moved-from link>"; }
@@ -303,47 +367,22 @@ class TcpLink {
   const Handshake& peer_handshake() const { return state().peer_hs; }
   uint16_t local_port() const { return state().sock.local_endpoint().port(); }
 
-  LinkStats stats() const {
-    if (!st_) return {};
-    std::lock_guard lk(st_->stats_mu);
-    return st_->stats;
-  }
+  LinkStats stats() const { return st_ ? st_->stats_now() : LinkStats{}; }
 
- private:
-  friend class TcpListener;
-
-  struct State {
-    explicit State(const Options& o) : opt(o) {}
-    Options opt;
-    detail::asio::io_context io;
-    detail::tcp::socket sock{io};
-    std::string peer_addr, peer_name;
-    Handshake peer_hs;
-    std::mutex send_mu, recv_mu;
-    mutable std::mutex stats_mu;
-    LinkStats stats;
-    std::atomic<bool> closed{false}, broken{false}, peer_shut{false};
-    std::string broken_reason;  // under stats_mu
-  };
-
-  explicit TcpLink(std::unique_ptr<State> st) : st_(std::move(st)) {}
+ protected:
+  explicit StreamLink(std::unique_ptr<State> st) : st_(std::move(st)) {}
 
   State& state() const {
-    RESBM_CHECK(st_, "use of a moved-from TcpLink", "keep using the link it was moved to");
+    RESBM_CHECK(st_, cat("use of a moved-from ", State::kName), "keep using the link it was moved to");
     return *st_;
   }
 
-  // After the TCP connection is up: socket options, then the handshake in the direction
-  // given (the connecting side speaks first).
-  void start(const Handshake& mine, bool initiator) {
+  // The resbm handshake over the established stream, the connecting side first; `check`
+  // throws when the peer's handshake does not belong with this stage's. A refusal is sent
+  // to the peer before it is thrown here, so that both logs carry the reason.
+  template <class Check>
+  void exchange_handshakes(const Handshake& mine, bool initiator, Check&& check) {
     State& s = *st_;
-    boost::system::error_code ec;
-    s.sock.set_option(detail::tcp::no_delay(true), ec);  // frames are whole messages: no Nagle delay
-    s.sock.non_blocking(true, ec);
-    RESBM_CHECK(!ec, cat("cannot make the socket non-blocking: ", ec.message()), "report this as a bug");
-    auto ep = s.sock.remote_endpoint(ec);
-    s.peer_addr = ec ? std::string("<unknown peer>") : detail::endpoint_text(ep);
-    s.peer_name = s.peer_addr;
     auto payload_of = [](const std::string& t) {
       return std::span(reinterpret_cast<const std::byte*>(t.data()), t.size());
     };
@@ -353,7 +392,7 @@ class TcpLink {
       send(h, payload_of(encode_handshake(mine)));
       Message m = recv(Kind::handshake_ack, s.opt.handshake_timeout);
       HandshakeReply r = decode_handshake(m.payload, s.peer_addr);
-      verify_handshake(mine, r.peer, s.peer_addr);
+      check(r.peer);
       RESBM_CHECK(r.ok, cat("peer ", s.peer_addr, " (stage ", r.peer.stage, ") refused the handshake: ", r.error),
                   "see the peer's log; start every stage with the same flags");
       s.peer_hs = r.peer;
@@ -362,9 +401,8 @@ class TcpLink {
       HandshakeReply r = decode_handshake(m.payload, s.peer_addr);
       h.kind = Kind::handshake_ack;
       try {
-        verify_handshake(mine, r.peer, s.peer_addr);
+        check(r.peer);
       } catch (const Error& e) {
-        // Tell the peer why before giving up, so that both logs carry the reason.
         try {
           send(h, payload_of(encode_handshake(mine, false, e.what())));
         } catch (const Error&) {
@@ -377,139 +415,6 @@ class TcpLink {
     s.peer_name = cat(s.peer_addr, " (stage ", s.peer_hs.stage, ")");
   }
 
-  void check_usable(const std::string& what) const {
-    State& s = *st_;
-    if (s.closed.load())
-      throw LinkClosed(cat("cannot ", what, ": link to ", s.peer_name, " was closed by this stage"),
-                       "do not use a link after close()");
-    if (s.broken.load()) {
-      std::lock_guard lk(s.stats_mu);
-      fail(cat("cannot ", what, ": link to ", s.peer_name, " failed earlier: ", s.broken_reason),
-           "reconnect, or restart the stage");
-    }
-  }
-
-  [[noreturn]] void break_link(const std::string& what, const std::string& fix) {
-    State& s = *st_;
-    {
-      std::lock_guard lk(s.stats_mu);
-      if (!s.broken.load()) s.broken_reason = what;
-      s.broken = true;
-    }
-    fail(what, fix);
-  }
-
-  void account_recv(uint64_t bytes, detail::Clock::time_point t0) {
-    std::lock_guard lk(st_->stats_mu);
-    st_->stats.bytes_received += bytes;
-    st_->stats.frames_received += bytes ? 1 : 0;
-    st_->stats.recv_seconds += detail::seconds(detail::Clock::now() - t0);
-  }
-
-  // Gather-writes header and payload: one syscall for small frames, no copy for large.
-  void write_frame(const FrameHeader& h, std::span<const std::byte> payload,
-                   std::chrono::milliseconds stall = std::chrono::milliseconds(0)) {
-    namespace asio = detail::asio;
-    State& s = *st_;
-    if (stall.count() == 0) stall = s.opt.stall_timeout;
-    HeaderBytes hb = encode_header(h);
-    const size_t total = kHeaderSize + payload.size();
-    size_t done = 0;
-    auto deadline = detail::Clock::now() + stall;
-    while (done < total) {
-      std::array<asio::const_buffer, 2> bufs;
-      size_t nb = 0;
-      if (done < kHeaderSize) bufs[nb++] = asio::buffer(hb.data() + done, kHeaderSize - done);
-      size_t pdone = done > kHeaderSize ? done - kHeaderSize : 0;
-      if (pdone < payload.size())
-        bufs[nb++] = asio::buffer(payload.data() + pdone, payload.size() - pdone);
-      boost::system::error_code ec;
-      size_t n = s.sock.write_some(std::span(bufs.data(), nb), ec);
-      if (ec == asio::error::would_block || ec == asio::error::try_again) {
-        if (!detail::wait_fd(s.sock.native_handle(), POLLOUT, deadline))
-          break_link(cat("sending ", kind_name(h.kind), " frame to ", s.peer_name, " timed out: the peer read nothing for ",
-                         detail::timeout_text(stall), " (", done, " of ", total, " bytes sent)"),
-                     "check that the peer is alive and not stuck; raise the stall timeout for very slow links");
-        continue;
-      }
-      if (ec) {
-        break_link(cat("connection to ", s.peer_name, " lost while sending ", kind_name(h.kind), " frame after ",
-                       done, " of ", total, " bytes: ", ec.message()),
-                   "check the peer's log: it probably exited or crashed");
-      }
-      done += n;
-      deadline = detail::Clock::now() + stall;
-    }
-  }
-
-  // Reads one whole frame into m; returns the bytes it took from the wire.
-  uint64_t read_frame(Message& m, Kind expected, std::chrono::milliseconds timeout) {
-    State& s = *st_;
-    HeaderBytes hb;
-    auto first_deadline = detail::Clock::now() + timeout;
-    size_t got = 0;
-    // Reads into [dst, dst + n), counting `got` against a frame of `total` bytes so far.
-    auto fill = [&](std::byte* dst, size_t n, size_t total, Crc32c* crc) {
-      size_t have = 0;
-      auto deadline = got == 0 ? first_deadline : detail::Clock::now() + s.opt.stall_timeout;
-      while (have < n) {
-        boost::system::error_code ec;
-        size_t k = s.sock.read_some(detail::asio::buffer(dst + have, n - have), ec);
-        if (ec == detail::asio::error::would_block || ec == detail::asio::error::try_again) {
-          if (detail::wait_fd(s.sock.native_handle(), POLLIN, deadline)) continue;
-          if (got == 0) detail::throw_timeout(s.peer_name, expected, timeout);
-          break_link(cat("peer ", s.peer_name, " stopped sending mid-frame: timed out after ",
-                         detail::timeout_text(s.opt.stall_timeout), " without data, ", got, " of ",
-                         total, " bytes received"),
-                     "check that the peer is alive; raise the stall timeout for very slow links");
-        }
-        if (ec) {
-          if (s.closed.load())
-            throw LinkClosed(cat("link to ", s.peer_name, " was closed by this stage"), "");
-          if (ec == detail::asio::error::eof && got == 0)
-            break_link(cat("connection to ", s.peer_name, " closed by the peer without a shutdown frame"),
-                       "check the peer's log: it probably exited or crashed");
-          if (ec == detail::asio::error::eof)
-            break_link(cat("connection to ", s.peer_name, " closed mid-frame after ", got, " of ", total,
-                           " bytes"),
-                       "check the peer's log: it probably exited or crashed while sending");
-          break_link(cat("connection to ", s.peer_name, " failed after ", got, " of ", total,
-                         " bytes of a frame: ", ec.message()),
-                     "check the peer's log and the network");
-        }
-        if (crc) crc->update(dst + have, k);
-        // The magic is checked as soon as it is in: a client of another protocol that
-        // sends a short request and waits is told "wrong port" at once, not after a stall.
-        if (got < 4 && got + k >= 4) {
-          try {
-            detail::with_peer(s.peer_name, [&] { check_magic(hb.data()); });
-          } catch (const Error& e) {
-            break_link(e.problem(), e.fix());
-          }
-        }
-        have += k;
-        got += k;
-        deadline = detail::Clock::now() + s.opt.stall_timeout;
-      }
-    };
-    fill(hb.data(), kHeaderSize, kHeaderSize, nullptr);
-    try {
-      m.header = detail::with_peer(s.peer_name, [&] { return decode_header(hb.data(), hb.size(), s.opt.limits); });
-    } catch (const Error& e) {
-      break_link(e.problem(), e.fix());
-    }
-    const size_t total = kHeaderSize + m.header.payload_len;
-    m.payload.resize(m.header.payload_len);  // bounded by limits.max_payload above
-    Crc32c crc;
-    fill(m.payload.data(), m.payload.size(), total, &crc);
-    if (crc.value() != m.header.crc)
-      break_link(cat("from ", s.peer_name, ": payload corrupted in transit (", kind_name(m.header.kind),
-                     " frame, step ", m.header.step, ", micro-batch ", m.header.micro_batch,
-                     ": crc32c ", detail::hex32(crc.value()), ", header says ", detail::hex32(m.header.crc), ")"),
-                 "check the network path (NIC, proxy, cable); the frame was rejected");
-    return total;
-  }
-
   void close_quietly() noexcept {
     try {
       close();
@@ -520,24 +425,58 @@ class TcpLink {
 
   std::unique_ptr<State> st_;
 };
+
+struct TcpState : FrameChannel<TcpStream> {
+  static constexpr const char* kName = "TcpLink";
+  explicit TcpState(const TcpOptions& o) : FrameChannel(o) {}
+  void end_session() {}
+  asio::io_context io;
+  tcp::socket sock{io};
+  std::string peer_addr;
+  Handshake peer_hs;
+};
+}  // namespace detail
+
+class TcpListener;
+
+class TcpLink : public detail::StreamLink<detail::TcpState> {
+ public:
+  using Options = TcpOptions;
+
+  // Connects to host:port, retrying with exponential back-off (retry_initial doubling up
+  // to retry_max) until connect_timeout has passed in total, then handshakes. A refused
+  // handshake is not retried: a wrong config does not fix itself.
+  static TcpLink connect(const std::string& host, uint16_t port, const Handshake& hs,
+                         const Options& opt = {}) {
+    auto st = std::make_unique<detail::TcpState>(opt);
+    detail::connect_with_retry(st->io, st->sock, host, port, opt);
+    TcpLink link(std::move(st));
+    link.start(hs, /*initiator=*/true);
+    return link;
+  }
+
+ private:
+  friend class TcpListener;
+
+  explicit TcpLink(std::unique_ptr<detail::TcpState> st) : StreamLink(std::move(st)) {}
+
+  // After the TCP connection is up: socket options (blocking: see the top of this file),
+  // then the handshake in the direction given (the connecting side speaks first).
+  void start(const Handshake& mine, bool initiator) {
+    detail::TcpState& s = *st_;
+    s.peer_addr = detail::prepare_socket(s.sock, /*non_blocking=*/false);
+    s.peer_name = s.peer_addr;
+    s.stream.attach(s.sock.native_handle());
+    exchange_handshakes(mine, initiator, [&](const Handshake& theirs) { verify_handshake(mine, theirs, s.peer_addr); });
+  }
+};
 static_assert(Link<TcpLink>);
 
 // Listens on host:port (port 0: any free port, see port()). Each accept() yields one link.
 class TcpListener {
  public:
   TcpListener(const std::string& host, uint16_t port) : acceptor_(io_) {
-    boost::system::error_code ec;
-    detail::tcp::resolver resolver(io_);
-    auto eps = resolver.resolve(host, std::to_string(port), detail::tcp::resolver::passive, ec);
-    RESBM_CHECK(!ec && !eps.empty(), cat("cannot resolve listen address ", host, ":", port, ": ", ec.message()),
-                "pass an address of this machine, e.g. 0.0.0.0 or 127.0.0.1");
-    auto ep = eps.begin()->endpoint();
-    acceptor_.open(ep.protocol(), ec);
-    if (!ec) acceptor_.set_option(detail::tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor_.bind(ep, ec);
-    if (!ec) acceptor_.listen(detail::asio::socket_base::max_listen_connections, ec);
-    RESBM_CHECK(!ec, cat("cannot listen on ", host, ":", port, ": ", ec.message()),
-                "pick a free port (0 lets the OS choose) or stop the process that holds it");
+    detail::listen_on(acceptor_, io_, host, port);
   }
 
   uint16_t port() const { return acceptor_.local_endpoint().port(); }
@@ -546,26 +485,8 @@ class TcpListener {
   // Waits up to opt.accept_timeout for a stage to connect, then handshakes. A failed
   // handshake is an Error; the listener stays open for the next accept().
   TcpLink accept(const Handshake& hs, const TcpOptions& opt = {}) {
-    auto st = std::make_unique<TcpLink::State>(opt);
-    boost::system::error_code ec;
-    bool done = false;
-    acceptor_.async_accept(st->sock, [&](const boost::system::error_code& e) {
-      ec = e;
-      done = true;
-    });
-    io_.restart();
-    io_.run_for(opt.accept_timeout);
-    if (!done) {
-      boost::system::error_code ignore;
-      acceptor_.cancel(ignore);
-      io_.restart();
-      io_.run();
-      if (!done || ec == detail::asio::error::operation_aborted)
-        fail(cat("no stage connected to ", address(), " within ", detail::timeout_text(opt.accept_timeout)),
-             "start the neighbouring stage, check that it points at this address, or raise the accept timeout");
-    }
-    RESBM_CHECK(!ec, cat("accepting a connection on ", address(), " failed: ", ec.message()),
-                "check the system's socket limits");
+    auto st = std::make_unique<detail::TcpState>(opt);
+    detail::accept_within(acceptor_, io_, st->sock, opt.accept_timeout);
     TcpLink link(std::move(st));
     link.start(hs, /*initiator=*/false);
     return link;

@@ -9,8 +9,9 @@
 //
 // The frame format, the JSON handshake (run id, stage count, config hash, expected stage)
 // and the deadline rules are those of TcpLink (tcp.hpp): the same frames travel inside the
-// TLS records, and the same timeouts, stall detection, stats (frame bytes, not TLS record
-// overhead) and "broken links stay broken" apply.
+// TLS records, and one framing loop (stream_core.hpp, FrameChannel<TlsStream> here,
+// FrameChannel<TcpStream> there) gives both the same timeouts, stall detection, stats
+// (frame bytes, not TLS record overhead) and "broken links stay broken".
 //
 // Why not boost::asio::ssl::stream for the data: its synchronous read/write have no
 // deadline, and over a non-blocking socket they drop the part of a TLS record the kernel
@@ -19,7 +20,8 @@
 // receiving thread together, the problem tcp.hpp avoids. So Asio makes the sockets and the
 // ssl::context (certificate loading, verify mode), and the OpenSSL session runs directly
 // on the non-blocking descriptor: SSL_read/SSL_write report WANT_READ/WANT_WRITE, and
-// poll() waits with the remaining time, exactly as TcpLink waits. One SSL object must not
+// poll() waits with the remaining time (TcpLink, with no record layer in between, sleeps in
+// a blocking recv/send bounded by SO_RCVTIMEO/SO_SNDTIMEO instead). One SSL object must not
 // be used by two threads at once, so each SSL call runs under a mutex; the waiting happens
 // outside it, so a send is never stuck behind a recv that waits for the peer.
 #include <openssl/asn1.h>
@@ -362,11 +364,141 @@ inline std::string reasons_text(const SslStep& s) {
        "check the peer's log and both stages' --tls-* flags");
 }
 
+// The TLS byte stream of TlsLink: an OpenSSL session on the non-blocking descriptor. Each
+// SSL call runs under `mu`; the waiting (poll() with the time left) happens outside it, so
+// a send is never stuck behind a recv that waits for the peer.
+class TlsStream {
+ public:
+  static constexpr bool kAuthenticated = true;
+  static constexpr const char* kEofFix =
+      "check the peer's log: it probably exited, crashed or refused this stage";
+
+  // `note`, `peer` and `ca_file` belong to the link's State and outlive the stream's use;
+  // they name the reason of a failure in TLS terms (fail_tls).
+  void attach(SSL* ssl, int fd, const VerifyNote* note, const std::string* peer, const std::string* ca_file) {
+    ssl_ = ssl;
+    fd_ = fd;
+    note_ = note;
+    peer_ = peer;
+    ca_file_ = ca_file;
+  }
+  std::mutex& mutex() { return mu_; }
+
+  IoStep read(std::byte* p, size_t n, Clock::time_point deadline) {
+    for (;;) {
+      SslStep step = call([&](size_t* k) { return SSL_read_ex(ssl_, p, n, k); });
+      if (step.result == SslStep::done) return {IoStep::done, step.bytes, {}, {}, {}};
+      if (IoStep st; !waited(step, deadline, st)) return st;
+    }
+  }
+
+  // TLS has no gather write: the header travels in the first record together with up to
+  // 16 KiB - 48 bytes of payload (one record and one syscall for small frames), the rest
+  // of the payload is encrypted straight from the caller's buffer. The first record is
+  // staged again from the frame on every call, so a retry passes the same bytes.
+  IoStep write(const HeaderBytes& h, std::span<const std::byte> payload, size_t done, Clock::time_point deadline) {
+    constexpr size_t kRecord = 16384;
+    const size_t first = kHeaderSize + std::min(payload.size(), kRecord - kHeaderSize);
+    const std::byte* p;
+    size_t n;
+    if (done < first) {
+      head_.resize(first - done);
+      std::byte* out = head_.data();
+      if (done < kHeaderSize) {
+        std::memcpy(out, h.data() + done, kHeaderSize - done);
+        out += kHeaderSize - done;
+      }
+      const size_t from = done > kHeaderSize ? done - kHeaderSize : 0;
+      if (first > kHeaderSize + from) std::memcpy(out, payload.data() + from, first - kHeaderSize - from);
+      p = head_.data();
+      n = head_.size();
+    } else {
+      p = payload.data() + (done - kHeaderSize);
+      n = payload.size() - (done - kHeaderSize);
+    }
+    for (;;) {
+      SslStep step = call([&](size_t* k) { return SSL_write_ex(ssl_, p, n, k); });
+      if (step.result == SslStep::done) return {IoStep::done, step.bytes, {}, {}, {}};
+      if (IoStep st; !waited(step, deadline, st)) return st;
+    }
+  }
+
+ private:
+  // One SSL call under the session mutex, its outcome read in the same thread.
+  template <class F>
+  SslStep call(F&& f) {
+    std::lock_guard lk(mu_);
+    ERR_clear_error();
+    size_t k = 0;
+    int r = f(&k);
+    return ssl_step(ssl_, r, k);
+  }
+
+  // After an SSL call that moved nothing: true once the descriptor is ready for the retry
+  // OpenSSL asked for; otherwise `st` says why the stream stopped.
+  bool waited(const SslStep& step, Clock::time_point deadline, IoStep& st) {
+    if (step.result == SslStep::want_read || step.result == SslStep::want_write) {
+      if (wait_fd(fd_, step.result == SslStep::want_read ? POLLIN : POLLOUT, deadline)) return true;
+      st.result = IoStep::timed_out;
+      return false;
+    }
+    if (step.result == SslStep::closed) {
+      st.result = IoStep::eof;
+      st.reason = reasons_text(step);
+      return false;
+    }
+    if (step.codes.empty()) {
+      st.result = IoStep::failed;
+      st.reason = reasons_text(step);
+      return false;
+    }
+    try {
+      fail_tls(step, *note_, *peer_, *ca_file_, /*in_handshake=*/false);
+    } catch (const Error& e) {
+      st.result = IoStep::refused;
+      st.problem = e.problem();
+      st.fix = e.fix();
+    }
+    return false;
+  }
+
+  SSL* ssl_ = nullptr;
+  int fd_ = -1;
+  const VerifyNote* note_ = nullptr;
+  const std::string* peer_ = nullptr;
+  const std::string* ca_file_ = nullptr;
+  std::mutex mu_;
+  std::vector<std::byte> head_;  // the sender's (under send_mu): header + start of the payload
+};
+
+
+struct TlsState : FrameChannel<TlsStream> {
+  static constexpr const char* kName = "TlsLink";
+  TlsState(const TcpOptions& o, std::shared_ptr<boost::asio::ssl::context> c, std::string ca)
+      : FrameChannel(o), ctx(std::move(c)), ca_file(std::move(ca)) {}
+  // TLS close_notify, best effort: one alert, no wait for the answer.
+  void end_session() {
+    if (!ssl || broken.load()) return;
+    std::lock_guard lk(stream.mutex());
+    ERR_clear_error();
+    SSL_shutdown(ssl.get());
+    ERR_clear_error();
+  }
+  std::shared_ptr<boost::asio::ssl::context> ctx;  // outlives ssl, which refers to it
+  std::string ca_file;
+  asio::io_context io;
+  tcp::socket sock{io};
+  std::unique_ptr<SSL, SslFree> ssl;
+  VerifyNote note;  // written by the verify callback during the handshake only
+  std::string peer_addr, peer_cn;
+  Handshake peer_hs;
+};
+
 }  // namespace detail
 
 class TlsListener;
 
-class TlsLink {
+class TlsLink : public detail::StreamLink<detail::TlsState> {
  public:
   using Options = TcpOptions;
 
@@ -378,184 +510,33 @@ class TlsLink {
     return connect(host, port, hs, opt, detail::make_tls_context(tls), tls.ca_file);
   }
 
-  TlsLink(TlsLink&&) noexcept = default;
-  TlsLink& operator=(TlsLink&& o) noexcept {
-    if (this != &o) {
-      close_quietly();
-      st_ = std::move(o.st_);
-    }
-    return *this;
-  }
-  ~TlsLink() { close_quietly(); }
-
-  void send(const FrameHeader& h, std::span<const std::byte> payload) {
-    auto t0 = detail::Clock::now();
-    State& s = state();
-    RESBM_CHECK(payload.size() <= s.opt.limits.max_payload,
-                cat("payload of ", payload.size(), " bytes exceeds the configured maximum ",
-                    s.opt.limits.max_payload),
-                "raise --max-frame or check the peer's config");
-    std::lock_guard lk(s.send_mu);
-    check_usable(cat("send ", kind_name(h.kind), " frame"));
-    write_frame(seal(h, payload), payload);
-    std::lock_guard sl(s.stats_mu);
-    s.stats.bytes_sent += kHeaderSize + payload.size();
-    s.stats.frames_sent += 1;
-    s.stats.send_seconds += detail::seconds(detail::Clock::now() - t0);
-  }
-
-  Message recv(Kind expected, std::chrono::milliseconds timeout) {
-    State& s = state();
-    std::lock_guard lk(s.recv_mu);
-    for (;;) {
-      auto t0 = detail::Clock::now();
-      check_usable(cat("receive ", kind_name(expected), " frame"));
-      RESBM_CHECK(!s.peer_shut.load(), cat("peer ", s.peer_name, " already shut the link down"),
-                  "stop receiving once recv() reported LinkClosed");
-      Message m;
-      uint64_t bytes = 0;
-      try {
-        bytes = read_frame(m, expected, timeout);
-      } catch (...) {
-        account_recv(0, t0);
-        throw;
-      }
-      account_recv(bytes, t0);
-      if (m.header.kind == Kind::shutdown) s.peer_shut = true;
-      if (detail::deliverable(m.header, expected, s.peer_name)) return m;
-    }
-  }
-
-  // Shutdown frame (bounded by one second), TLS close_notify, then the socket is shut
-  // down both ways, which wakes a recv() polling on another thread.
-  void close() {
-    if (!st_ || st_->closed.exchange(true)) return;
-    State& s = *st_;
-    if (!s.broken.load() && !s.peer_shut.load()) {
-      try {
-        std::lock_guard lk(s.send_mu);
-        FrameHeader h;
-        h.kind = Kind::shutdown;
-        write_frame(seal(h, {}), {}, std::chrono::milliseconds(1000));
-      } catch (const Error&) {
-        // The peer is gone already; there is nobody left to tell.
-      }
-    }
-    if (s.ssl && !s.broken.load()) {
-      std::lock_guard lk(s.ssl_mu);
-      ERR_clear_error();
-      SSL_shutdown(s.ssl.get());  // best effort: one close_notify, no wait for the answer
-      ERR_clear_error();
-    }
-    boost::system::error_code ignore;
-    s.sock.shutdown(detail::tcp::socket::shutdown_both, ignore);
-  }
-
-  std::string peer() const { return st_ ? st_->peer_name : "<moved-from link>"; }
-  const Handshake& peer_handshake() const { return state().peer_hs; }
   // The common name of the peer's (verified) certificate, e.g. "resbm-stage-1".
   const std::string& peer_common_name() const { return state().peer_cn; }
-  uint16_t local_port() const { return state().sock.local_endpoint().port(); }
-
-  LinkStats stats() const {
-    if (!st_) return {};
-    std::lock_guard lk(st_->stats_mu);
-    return st_->stats;
-  }
 
  private:
   friend class TlsListener;
+  using State = detail::TlsState;
 
-  struct State {
-    State(const Options& o, std::shared_ptr<boost::asio::ssl::context> c, std::string ca)
-        : opt(o), ctx(std::move(c)), ca_file(std::move(ca)) {}
-    Options opt;
-    std::shared_ptr<boost::asio::ssl::context> ctx;  // outlives ssl, which refers to it
-    std::string ca_file;
-    detail::asio::io_context io;
-    detail::tcp::socket sock{io};
-    std::unique_ptr<SSL, detail::SslFree> ssl;
-    detail::VerifyNote note;  // written by the verify callback during the handshake only
-    std::string peer_addr, peer_name, peer_cn;
-    Handshake peer_hs;
-    std::mutex send_mu, recv_mu, ssl_mu;
-    mutable std::mutex stats_mu;
-    LinkStats stats;
-    std::atomic<bool> closed{false}, broken{false}, peer_shut{false};
-    std::string broken_reason;    // under stats_mu
-    std::vector<std::byte> head;  // under send_mu: header + start of the payload, one record
-  };
-
-  explicit TlsLink(std::unique_ptr<State> st) : st_(std::move(st)) {}
+  explicit TlsLink(std::unique_ptr<State> st) : StreamLink(std::move(st)) {}
 
   static TlsLink connect(const std::string& host, uint16_t port, const Handshake& hs, const Options& opt,
                          std::shared_ptr<boost::asio::ssl::context> ctx, const std::string& ca_file) {
-    namespace asio = detail::asio;
     auto st = std::make_unique<State>(opt, std::move(ctx), ca_file);
-    auto t0 = detail::Clock::now();
-    auto deadline = t0 + opt.connect_timeout;
-    auto backoff = opt.retry_initial;
-    int attempts = 0;
-    for (;;) {
-      ++attempts;
-      boost::system::error_code ec;
-      detail::tcp::resolver resolver(st->io);
-      auto endpoints = resolver.resolve(host, std::to_string(port), ec);
-      if (!ec) {
-        bool done = false;
-        asio::async_connect(st->sock, endpoints, [&](const boost::system::error_code& e, const detail::tcp::endpoint&) {
-          ec = e;
-          done = true;
-        });
-        st->io.restart();
-        st->io.run_for(std::max(deadline - detail::Clock::now(), detail::Clock::duration(0)));
-        if (!done) {
-          boost::system::error_code ignore;
-          st->sock.close(ignore);  // cancels the pending connect
-          st->io.restart();
-          st->io.run();
-          ec = asio::error::timed_out;
-        }
-        if (!ec) break;
-        boost::system::error_code ignore;
-        st->sock.close(ignore);
-      }
-      auto now = detail::Clock::now();
-      if (now >= deadline)
-        fail(cat("could not connect to ", host, ":", port, " after ", attempts, " attempts in ",
-                 std::chrono::duration_cast<std::chrono::milliseconds>(now - t0).count(),
-                 " ms (last error: ", ec.message(), ")"),
-             cat("start the stage that listens on ", host, ":", port,
-                 " first, check the host, port and firewall, or raise the connect timeout"));
-      std::this_thread::sleep_for(std::min<detail::Clock::duration>(backoff, deadline - now));
-      backoff = std::min(backoff * 2, opt.retry_max);
-    }
+    detail::connect_with_retry(st->io, st->sock, host, port, opt);
     TlsLink link(std::move(st));
     link.start(hs, /*initiator=*/true);
     return link;
-  }
-
-  State& state() const {
-    RESBM_CHECK(st_, "use of a moved-from TlsLink", "keep using the link it was moved to");
-    return *st_;
   }
 
   // After the TCP connection is up: the TLS handshake, then the resbm handshake inside it
   // (the connecting side speaks first), as TcpLink does in the clear.
   void start(const Handshake& mine, bool initiator) {
     State& s = *st_;
-    boost::system::error_code ec;
-    s.sock.set_option(detail::tcp::no_delay(true), ec);
-    s.sock.non_blocking(true, ec);
-    RESBM_CHECK(!ec, cat("cannot make the socket non-blocking: ", ec.message()), "report this as a bug");
-    auto ep = s.sock.remote_endpoint(ec);
-    s.peer_addr = ec ? std::string("<unknown peer>") : detail::endpoint_text(ep);
+    s.peer_addr = detail::prepare_socket(s.sock, /*non_blocking=*/true);
     s.peer_name = s.peer_addr;
     tls_handshake(initiator);
+    s.stream.attach(s.ssl.get(), s.sock.native_handle(), &s.note, &s.peer_name, &s.ca_file);
 
-    auto payload_of = [](const std::string& t) {
-      return std::span(reinterpret_cast<const std::byte*>(t.data()), t.size());
-    };
     // Beyond the config check: a certificate made for stage k (CN=resbm-stage-k, as
     // make_certs.sh writes them) may only be used by stage k.
     auto check = [&](const Handshake& theirs) {
@@ -569,34 +550,7 @@ class TlsLink {
                     "give each stage its own certificate (stage-K.crt and stage-K.key for stage K)");
       }
     };
-    FrameHeader h;
-    if (initiator) {
-      h.kind = Kind::handshake;
-      send(h, payload_of(encode_handshake(mine)));
-      Message m = recv(Kind::handshake_ack, s.opt.handshake_timeout);
-      HandshakeReply r = decode_handshake(m.payload, s.peer_addr);
-      check(r.peer);
-      RESBM_CHECK(r.ok, cat("peer ", s.peer_addr, " (stage ", r.peer.stage, ") refused the handshake: ", r.error),
-                  "see the peer's log; start every stage with the same flags");
-      s.peer_hs = r.peer;
-    } else {
-      Message m = recv(Kind::handshake, s.opt.handshake_timeout);
-      HandshakeReply r = decode_handshake(m.payload, s.peer_addr);
-      h.kind = Kind::handshake_ack;
-      try {
-        check(r.peer);
-      } catch (const Error& e) {
-        // Tell the peer why before giving up, so that both logs carry the reason.
-        try {
-          send(h, payload_of(encode_handshake(mine, false, e.what())));
-        } catch (const Error&) {
-        }
-        throw;
-      }
-      send(h, payload_of(encode_handshake(mine)));
-      s.peer_hs = r.peer;
-    }
-    s.peer_name = cat(s.peer_addr, " (stage ", s.peer_hs.stage, ")");
+    exchange_handshakes(mine, initiator, check);
   }
 
   void tls_handshake(bool initiator) {
@@ -624,16 +578,17 @@ class TlsLink {
       if (step.result == detail::SslStep::want_read || step.result == detail::SslStep::want_write) {
         short ev = step.result == detail::SslStep::want_read ? POLLIN : POLLOUT;
         if (!detail::wait_fd(s.sock.native_handle(), ev, deadline))
-          break_link(cat("TLS handshake with ", s.peer_addr, " timed out after ",
-                         detail::timeout_text(s.opt.handshake_timeout)),
-                     "check that the peer is a resbm stage started with --tls-* flags, or raise the "
-                     "handshake timeout");
+          s.break_link(cat("TLS handshake with ", s.peer_addr, " timed out after ",
+                           detail::timeout_text(s.opt.handshake_timeout)),
+                       "check that the peer is a resbm stage started with --tls-* flags, or raise the "
+                       "handshake timeout");
         continue;
       }
       linger_after_refusal();
       failed(step, /*in_handshake=*/true);
     }
-    // The session exists now; from here on the SSL object is shared, and ssl_mu guards it.
+    // The session exists now; from here on the SSL object is shared, and the stream's mutex
+    // guards it.
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
     s.peer_cn = detail::common_name(SSL_get0_peer_certificate(ssl));
 #else
@@ -664,175 +619,9 @@ class TlsLink {
     try {
       detail::fail_tls(step, s.note, s.peer_name, s.ca_file, in_handshake);
     } catch (const Error& e) {
-      break_link(e.problem(), e.fix());
+      s.break_link(e.problem(), e.fix());
     }
   }
-
-  void check_usable(const std::string& what) const {
-    State& s = *st_;
-    if (s.closed.load())
-      throw LinkClosed(cat("cannot ", what, ": link to ", s.peer_name, " was closed by this stage"),
-                       "do not use a link after close()");
-    if (s.broken.load()) {
-      std::lock_guard lk(s.stats_mu);
-      fail(cat("cannot ", what, ": link to ", s.peer_name, " failed earlier: ", s.broken_reason),
-           "reconnect, or restart the stage");
-    }
-  }
-
-  [[noreturn]] void break_link(const std::string& what, const std::string& fix) {
-    State& s = *st_;
-    {
-      std::lock_guard lk(s.stats_mu);
-      if (!s.broken.load()) s.broken_reason = what;
-      s.broken = true;
-    }
-    fail(what, fix);
-  }
-
-  void account_recv(uint64_t bytes, detail::Clock::time_point t0) {
-    std::lock_guard lk(st_->stats_mu);
-    st_->stats.bytes_received += bytes;
-    st_->stats.frames_received += bytes ? 1 : 0;
-    st_->stats.recv_seconds += detail::seconds(detail::Clock::now() - t0);
-  }
-
-  // One SSL_write/SSL_read under the session mutex, its outcome read in the same thread.
-  detail::SslStep ssl_write(const std::byte* p, size_t n) {
-    std::lock_guard lk(st_->ssl_mu);
-    ERR_clear_error();
-    size_t k = 0;
-    int r = SSL_write_ex(st_->ssl.get(), p, n, &k);
-    return detail::ssl_step(st_->ssl.get(), r, k);
-  }
-  detail::SslStep ssl_read(std::byte* p, size_t n) {
-    std::lock_guard lk(st_->ssl_mu);
-    ERR_clear_error();
-    size_t k = 0;
-    int r = SSL_read_ex(st_->ssl.get(), p, n, &k);
-    return detail::ssl_step(st_->ssl.get(), r, k);
-  }
-
-  // TLS has no gather write: the header travels in the first record together with up to
-  // 16 KiB - 48 bytes of payload (one record and one syscall for small frames), the rest
-  // of the payload is encrypted straight from the caller's buffer.
-  void write_frame(const FrameHeader& h, std::span<const std::byte> payload,
-                   std::chrono::milliseconds stall = std::chrono::milliseconds(0)) {
-    State& s = *st_;
-    if (stall.count() == 0) stall = s.opt.stall_timeout;
-    constexpr size_t kRecord = 16384;
-    const size_t first = std::min(payload.size(), kRecord - kHeaderSize);
-    s.head.resize(kHeaderSize + first);
-    encode_header(h, s.head.data());
-    if (first) std::memcpy(s.head.data() + kHeaderSize, payload.data(), first);
-    const size_t total = kHeaderSize + payload.size();
-    size_t done = 0;
-    auto put = [&](const std::byte* p, size_t n) {
-      size_t have = 0;
-      auto deadline = detail::Clock::now() + stall;
-      while (have < n) {
-        detail::SslStep step = ssl_write(p + have, n - have);
-        if (step.result == detail::SslStep::done) {
-          have += step.bytes;
-          done += step.bytes;
-          deadline = detail::Clock::now() + stall;
-          continue;
-        }
-        if (step.result == detail::SslStep::want_read || step.result == detail::SslStep::want_write) {
-          short ev = step.result == detail::SslStep::want_read ? POLLIN : POLLOUT;
-          if (!detail::wait_fd(s.sock.native_handle(), ev, deadline))
-            break_link(cat("sending ", kind_name(h.kind), " frame to ", s.peer_name, " timed out: the peer read nothing for ",
-                           detail::timeout_text(stall), " (", done, " of ", total, " bytes sent)"),
-                       "check that the peer is alive and not stuck; raise the stall timeout for very slow links");
-          continue;
-        }
-        if (step.result == detail::SslStep::closed || step.codes.empty())
-          break_link(cat("connection to ", s.peer_name, " lost while sending ", kind_name(h.kind), " frame after ", done,
-                         " of ", total, " bytes: ", detail::reasons_text(step)),
-                     "check the peer's log: it probably exited or crashed");
-        failed(step, false);
-      }
-    };
-    put(s.head.data(), s.head.size());
-    if (payload.size() > first) put(payload.data() + first, payload.size() - first);
-  }
-
-  // Reads one whole frame into m; returns the frame bytes it took from the stream.
-  uint64_t read_frame(Message& m, Kind expected, std::chrono::milliseconds timeout) {
-    State& s = *st_;
-    HeaderBytes hb;
-    auto first_deadline = detail::Clock::now() + timeout;
-    size_t got = 0;
-    auto fill = [&](std::byte* dst, size_t n, size_t total, Crc32c* crc) {
-      size_t have = 0;
-      auto deadline = got == 0 ? first_deadline : detail::Clock::now() + s.opt.stall_timeout;
-      while (have < n) {
-        detail::SslStep step = ssl_read(dst + have, n - have);
-        if (step.result == detail::SslStep::want_read || step.result == detail::SslStep::want_write) {
-          short ev = step.result == detail::SslStep::want_read ? POLLIN : POLLOUT;
-          if (detail::wait_fd(s.sock.native_handle(), ev, deadline)) continue;
-          if (got == 0) detail::throw_timeout(s.peer_name, expected, timeout);
-          break_link(cat("peer ", s.peer_name, " stopped sending mid-frame: timed out after ",
-                         detail::timeout_text(s.opt.stall_timeout), " without data, ", got, " of ", total,
-                         " bytes received"),
-                     "check that the peer is alive; raise the stall timeout for very slow links");
-        }
-        if (step.result != detail::SslStep::done) {
-          if (s.closed.load()) throw LinkClosed(cat("link to ", s.peer_name, " was closed by this stage"), "");
-          if (step.result == detail::SslStep::failed && step.codes.empty())
-            break_link(cat("connection to ", s.peer_name, " failed after ", got, " of ", total,
-                           " bytes of a frame: ", detail::reasons_text(step)),
-                       "check the peer's log and the network");
-          if (step.result == detail::SslStep::closed && got == 0)
-            break_link(cat("connection to ", s.peer_name, " closed by the peer without a shutdown frame"),
-                       "check the peer's log: it probably exited, crashed or refused this stage");
-          if (step.result == detail::SslStep::closed)
-            break_link(cat("connection to ", s.peer_name, " closed mid-frame after ", got, " of ", total, " bytes"),
-                       "check the peer's log: it probably exited or crashed while sending");
-          failed(step, false);
-        }
-        size_t k = step.bytes;
-        if (crc) crc->update(dst + have, k);
-        if (got < 4 && got + k >= 4) {
-          try {
-            detail::with_peer(s.peer_name, [&] { check_magic(hb.data()); });
-          } catch (const Error& e) {
-            break_link(e.problem(), e.fix());
-          }
-        }
-        have += k;
-        got += k;
-        deadline = detail::Clock::now() + s.opt.stall_timeout;
-      }
-    };
-    fill(hb.data(), kHeaderSize, kHeaderSize, nullptr);
-    try {
-      m.header = detail::with_peer(s.peer_name, [&] { return decode_header(hb.data(), hb.size(), s.opt.limits); });
-    } catch (const Error& e) {
-      break_link(e.problem(), e.fix());
-    }
-    const size_t total = kHeaderSize + m.header.payload_len;
-    m.payload.resize(m.header.payload_len);  // bounded by limits.max_payload above
-    Crc32c crc;
-    fill(m.payload.data(), m.payload.size(), total, &crc);
-    if (crc.value() != m.header.crc)
-      break_link(cat("from ", s.peer_name, ": payload corrupted (", kind_name(m.header.kind), " frame, step ",
-                     m.header.step, ", micro-batch ", m.header.micro_batch, ": crc32c ",
-                     detail::hex32(crc.value()), ", header says ", detail::hex32(m.header.crc),
-                     "); TLS authenticated the bytes, so the peer sent them this way"),
-                 "run the same resbm version on every stage and report this as a bug");
-    return total;
-  }
-
-  void close_quietly() noexcept {
-    try {
-      close();
-    } catch (...) {
-      // Destructors must not throw; failing to say goodbye is harmless.
-    }
-  }
-
-  std::unique_ptr<State> st_;
 };
 static_assert(Link<TlsLink>);
 
@@ -842,18 +631,7 @@ class TlsListener {
  public:
   TlsListener(const std::string& host, uint16_t port, const TlsOptions& tls)
       : ctx_(detail::make_tls_context(tls)), ca_file_(tls.ca_file), acceptor_(io_) {
-    boost::system::error_code ec;
-    detail::tcp::resolver resolver(io_);
-    auto eps = resolver.resolve(host, std::to_string(port), detail::tcp::resolver::passive, ec);
-    RESBM_CHECK(!ec && !eps.empty(), cat("cannot resolve listen address ", host, ":", port, ": ", ec.message()),
-                "pass an address of this machine, e.g. 0.0.0.0 or 127.0.0.1");
-    auto ep = eps.begin()->endpoint();
-    acceptor_.open(ep.protocol(), ec);
-    if (!ec) acceptor_.set_option(detail::tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor_.bind(ep, ec);
-    if (!ec) acceptor_.listen(detail::asio::socket_base::max_listen_connections, ec);
-    RESBM_CHECK(!ec, cat("cannot listen on ", host, ":", port, ": ", ec.message()),
-                "pick a free port (0 lets the OS choose) or stop the process that holds it");
+    detail::listen_on(acceptor_, io_, host, port);
   }
 
   uint16_t port() const { return acceptor_.local_endpoint().port(); }
@@ -863,25 +641,7 @@ class TlsListener {
   // refused peer is an Error naming the reason; the listener stays open for the next accept().
   TlsLink accept(const Handshake& hs, const TcpOptions& opt = {}) {
     auto st = std::make_unique<TlsLink::State>(opt, ctx_, ca_file_);
-    boost::system::error_code ec;
-    bool done = false;
-    acceptor_.async_accept(st->sock, [&](const boost::system::error_code& e) {
-      ec = e;
-      done = true;
-    });
-    io_.restart();
-    io_.run_for(opt.accept_timeout);
-    if (!done) {
-      boost::system::error_code ignore;
-      acceptor_.cancel(ignore);
-      io_.restart();
-      io_.run();
-      if (!done || ec == detail::asio::error::operation_aborted)
-        fail(cat("no stage connected to ", address(), " within ", detail::timeout_text(opt.accept_timeout)),
-             "start the neighbouring stage, check that it points at this address, or raise the accept timeout");
-    }
-    RESBM_CHECK(!ec, cat("accepting a connection on ", address(), " failed: ", ec.message()),
-                "check the system's socket limits");
+    detail::accept_within(acceptor_, io_, st->sock, opt.accept_timeout);
     TlsLink link(std::move(st));
     link.start(hs, /*initiator=*/false);
     return link;
