@@ -13,3 +13,4 @@
 #include "resbm/ops/cuda/rmsnorm.cuh"
 #include "resbm/ops/cuda/rope.cuh"
 #include "resbm/ops/cuda/swiglu.cuh"
+#include "resbm/ops/cuda/wire.cuh"
