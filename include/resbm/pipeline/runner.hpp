@@ -138,7 +138,7 @@ class StageRunner {
       const size_t m = size_t(a.micro_batch);
       switch (a.op) {
         case Op::recv_activation:
-          act_in_[m] = receive(*prev_, transport::Kind::activation, step, a.micro_batch);
+          receive(*prev_, transport::Kind::activation, step, a.micro_batch, act_in_[m]);
           break;
         case Op::forward: {
           load(a.micro_batch);
@@ -175,7 +175,7 @@ class StageRunner {
           count(mbs_[m].wire.size(), true);
           break;
         case Op::recv_gradient:
-          grad_in_[m] = receive(*next_, transport::Kind::gradient, step, a.micro_batch);
+          receive(*next_, transport::Kind::gradient, step, a.micro_batch, grad_in_[m]);
           break;
         case Op::backward:
           if (!poisoned_) {
@@ -226,14 +226,14 @@ class StageRunner {
     const int64_t n = std::min<int64_t>(batches, sampler.eval_batches());
     const int per_batch = int(sampler.batch_size() / micro_batch_);
     double sum = 0;
+    std::vector<std::byte> in;
     for (int64_t i = 0; i < n; ++i) {
       tokens_.resize(size_t(sampler.batch_size() * stage_.model().config().seq_len));
       targets_.resize(tokens_.size());
       sampler.eval_batch(i, tokens_.data(), targets_.data());
       for (int m = 0; m < per_batch; ++m) {
         load(m, 0);
-        std::vector<std::byte> in;
-        if (prev_) in = receive(*prev_, transport::Kind::eval_activation, i, m);
+        if (prev_) receive(*prev_, transport::Kind::eval_activation, i, m, in);
         const float l = stage_.forward(ctx_, mbs_[0], in);
         if (next_) sender_.post(*next_, header(transport::Kind::eval_activation, i, m), mbs_[0].wire);
         sum += double(l) / per_batch;
@@ -263,16 +263,18 @@ class StageRunner {
     return h;
   }
 
-  std::vector<std::byte> receive(transport::AnyLink& link, transport::Kind kind, int64_t step, int micro_batch) {
+  // The payload lands in `into`, a buffer kept from step to step (no allocation per frame).
+  void receive(transport::AnyLink& link, transport::Kind kind, int64_t step, int micro_batch,
+               std::vector<std::byte>& into) {
     const auto t0 = std::chrono::steady_clock::now();
-    transport::Message msg;
+    transport::FrameHeader h;
     const int peer = &link == prev_ ? stage_.stage() - 1 : stage_.stage() + 1;
     auto lost = [&](const Error& e) {
       return cat("stage ", stage_.stage(), " lost stage ", peer, " at step ", step, " while waiting for ",
                  transport::kind_name(kind), " of micro-batch ", micro_batch, ": ", e.problem());
     };
     try {
-      msg = link.recv(kind, o_.timeout);
+      h = link.recv_into(kind, o_.timeout, into);
     } catch (const transport::LinkClosed& e) {
       throw transport::LinkClosed(lost(e), e.fix());
     } catch (const Error& e) {
@@ -280,12 +282,11 @@ class StageRunner {
                                            : e.fix());
     }
     wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    RESBM_CHECK(msg.header.step == uint64_t(step) && msg.header.micro_batch == uint32_t(micro_batch),
+    RESBM_CHECK(h.step == uint64_t(step) && h.micro_batch == uint32_t(micro_batch),
                 cat("stage ", stage_.stage(), " expected ", transport::kind_name(kind), " of step ", step,
-                    ", micro-batch ", micro_batch, " from ", link.peer(), " but got step ", msg.header.step,
-                    ", micro-batch ", msg.header.micro_batch),
+                    ", micro-batch ", micro_batch, " from ", link.peer(), " but got step ", h.step,
+                    ", micro-batch ", h.micro_batch),
                 "run every stage with the same --schedule, --micro-batches and --batch, resumed from the same step");
-    return std::move(msg.payload);
   }
 
   void sample(const data::BatchSampler& sampler, int64_t step) {
@@ -323,7 +324,8 @@ class StageRunner {
     return {reinterpret_cast<const std::byte*>(&x), sizeof(double)};
   }
   double receive_double(transport::AnyLink& link, int64_t step) {
-    std::vector<std::byte> p = receive(link, transport::Kind::control, step, 0);
+    std::vector<std::byte> p;
+    receive(link, transport::Kind::control, step, 0, p);
     RESBM_CHECK(p.size() == sizeof(double), cat("control frame of ", p.size(), " bytes from ", link.peer()),
                 "run the same resbm version on every stage");
     double x;
