@@ -11,7 +11,9 @@
 #
 # usage: benchmarks/cpu_compare.sh [BUILD_DIR]            (default: build-bench)
 # env:   THREADS (2), REPS (2), SMALL_STEPS (40), LARGE_STEPS (8), WARMUP (3),
-#        WAIT_POLICIES ("default"; e.g. "default passive" also runs OMP_WAIT_POLICY=passive)
+#        WAIT_POLICIES ("default"; e.g. "default passive" also runs OMP_WAIT_POLICY=passive:
+#        PyTorch's OpenMP obeys it, resbm's own thread pool does not need it),
+#        CONFIGS ("small large")
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
@@ -53,15 +55,16 @@ run_config() {  # name policy args...
 }
 
 for policy in ${WAIT_POLICIES:-default}; do
-  run_config small "$policy" "${small[@]}"
-  run_config large "$policy" "${large[@]}"
+  for name in ${CONFIGS:-small large}; do
+    if [[ $name == small ]]; then run_config small "$policy" "${small[@]}"; else run_config large "$policy" "${large[@]}"; fi
+  done
 done
 
 echo
 echo "best of $reps per side (tokens/s, warmup excluded):"
 printf '%-6s %-8s %10s %10s %8s %6s %s\n' config policy torch resbm ratio bar verdict
 for policy in ${WAIT_POLICIES:-default}; do
-  for name in small large; do
+  for name in ${CONFIGS:-small large}; do
     t=${best[$name-$policy-torch]} r=${best[$name-$policy-resbm]}
     bar=1.0
     [[ $name == small ]] && bar=1.5
