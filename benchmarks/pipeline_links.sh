@@ -16,6 +16,7 @@
 #        BATCH (32), MICRO (8), SCHEDULE (1f1b), LOOKAHEAD (2: 1f1b's extra in-flight
 #        micro-batches per downstream stage, which hide link latency; 0 = plain 1f1b),
 #        MODEL ("" = resbm-train's default model),
+#        REPS (1: rounds over all links; the table keeps each row's best run),
 #        TCP (1: also run resbm-launch), LINKS (default list below, "name:mbps:latency_ms")
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,17 +45,19 @@ record() {  # link transport codec_name logfile metrics
     >>"$out/results.jsonl"
 }
 
+for ((rep = 1; rep <= ${REPS:-1}; ++rep)); do
 for spec in "${links[@]}"; do
   IFS=: read -r link mbps lat <<<"$spec"
   for c in "${codecs[@]}"; do
     read -r -a cf <<<"$c"
     name=${cf[0]}
-    logf=$out/threads-$link-$name.log metrics=$out/threads-$link-$name.jsonl
+    logf=$out/threads-$link-$name-$rep.log metrics=$out/threads-$link-$name-$rep.jsonl
     rm -f "$metrics"
     "$train" "${common[@]}" --threads "${THREADS:-2}" "${cf[@]:1}" --link-mbps "$mbps" --link-latency-ms "$lat" --metrics "$metrics" \
       >"$logf" 2>&1 || { tail -20 "$logf" >&2; exit 1; }
     record "$link" threads "$name" "$logf" "$metrics"
   done
+done
 done
 
 if [[ ${TCP:-1} == 1 && -x $launch ]]; then
