@@ -5,7 +5,8 @@
 // is timed with CUDA events; the wire statuses are checked (a sync) after each round, outside
 // the events. Median over `reps` rounds after 5 warm-up rounds. The share column is
 // (stages - 1) boundaries x the round over the step time of config (a) (docs/cuda.md).
-// Usage: bench_codec_cuda [reps] [step_ms] [stages]
+// Usage: bench_codec_cuda [reps] [step_ms] [stages] [warmup] [only_rank]
+// (e.g. `ncu --metrics gpu__time_duration.sum bench_codec_cuda 1 28.9 4 1 2`: per kernel)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -43,7 +44,7 @@ double median(std::vector<float> v) {
 }
 
 template <int R>
-void bench(CudaContext& ctx, int64_t N, int d, int vocab, int reps, double step_ms, int stages) {
+void bench(CudaContext& ctx, int64_t N, int d, int vocab, int reps, int warmup, double step_ms, int stages) {
   using Gpu = codec::CudaResidualBottleneck<codec::presets::Resbm<R>>;
   const codec::Boundary b{0, d, vocab};
   typename Gpu::Encoder enc(ctx, b);
@@ -65,7 +66,7 @@ void bench(CudaContext& ctx, int64_t N, int d, int vocab, int reps, double step_
   cudaEvent_t ev[5];
   for (auto& e : ev) RESBM_CUDA_CHECK(cudaEventCreate(&e));
   std::vector<float> times[5];
-  for (int it = 0; it < reps + 5; ++it) {
+  for (int it = 0; it < reps + warmup; ++it) {
     RESBM_CUDA_CHECK(cudaEventRecord(ev[0], ctx.stream));
     enc.forward(es, CudaTensor<const bf16>(h.data(), {N, d}), wire.view({wb}));
     RESBM_CUDA_CHECK(cudaEventRecord(ev[1], ctx.stream));
@@ -78,7 +79,7 @@ void bench(CudaContext& ctx, int64_t N, int d, int vocab, int reps, double step_
     RESBM_CUDA_CHECK(cudaEventRecord(ev[4], ctx.stream));
     enc.check(es);
     dec.check(ds);
-    if (it < 5) continue;
+    if (it < warmup) continue;
     for (int k = 0; k < 4; ++k) {
       float ms = 0;
       RESBM_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[k], ev[k + 1]));
@@ -101,6 +102,8 @@ int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::atoi(argv[1]) : 50;
   const double step_ms = argc > 2 ? std::atof(argv[2]) : 28.9;
   const int stages = argc > 3 ? std::atoi(argv[3]) : 4;
+  const int warmup = argc > 4 ? std::atoi(argv[4]) : 5;
+  const int only_rank = argc > 5 ? std::atoi(argv[5]) : 0;
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("no CUDA device\n");
@@ -108,12 +111,12 @@ int main(int argc, char** argv) {
   }
   try {
     CudaContext ctx(0);
-    std::printf("codec boundary (one micro-batch, eager, median of %d), %s; share = %d boundaries x total / %.1f ms\n",
-                reps, ctx.props.name, stages - 1, step_ms);
+    std::printf("codec boundary (one micro-batch, eager, median of %d after %d warm-up rounds), %s; share = %d boundaries x total / %.1f ms\n",
+                reps, warmup, ctx.props.name, stages - 1, step_ms);
     std::printf("| codec | tokens | d | enc fwd µs | dec fwd µs | dec bwd µs | enc bwd µs | total µs | share |\n");
     std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    bench<2>(ctx, 16384, 768, 256, reps, step_ms, stages);
-    bench<8>(ctx, 16384, 768, 256, reps, step_ms, stages);
+    if (only_rank == 0 || only_rank == 2) bench<2>(ctx, 16384, 768, 256, reps, warmup, step_ms, stages);
+    if (only_rank == 0 || only_rank == 8) bench<8>(ctx, 16384, 768, 256, reps, warmup, step_ms, stages);
   } catch (const Error& e) {
     std::printf("error: %s\n", e.what());
     return 1;
