@@ -12,8 +12,8 @@
 # benchmarks/plot_pipeline_links.py OUT_DIR/results.jsonl docs/pipeline_links.png plots it.
 #
 # usage: benchmarks/pipeline_links.sh [BUILD_DIR] [OUT_DIR]   (defaults: build-bench, /tmp/pipeline_links)
-# env:   STEPS (25), WARMUP (3), THREADS (2: the 4 stages share them, 1 each),
-#        BATCH (32), MICRO (8), SCHEDULE (1f1b), LOOKAHEAD (2: 1f1b's extra in-flight
+# env:   STEPS (12), WARMUP (2), THREADS (2: the 4 stages share them, 1 each),
+#        BATCH (128), MICRO (16), SCHEDULE (1f1b), LOOKAHEAD (2: 1f1b's extra in-flight
 #        micro-batches per downstream stage, which hide link latency; 0 = plain 1f1b),
 #        MODEL ("" = resbm-train's default model),
 #        REPS (1: rounds over all links; the table keeps each row's best run),
@@ -29,11 +29,11 @@ py=/usr/bin/python3
 [[ -x $py ]] || py=python3
 mkdir -p "$out"
 : >"$out/results.jsonl"
-steps=${STEPS:-25} warmup=${WARMUP:-3}
+steps=${STEPS:-12} warmup=${WARMUP:-2}
 read -r -a model <<<"${MODEL:-}"
 sched=(--schedule "${SCHEDULE:-1f1b}")
 if [[ ${SCHEDULE:-1f1b} == 1f1b ]]; then sched+=(--lookahead "${LOOKAHEAD:-2}"); fi
-common=(--stages 4 --batch "${BATCH:-32}" --micro-batches "${MICRO:-8}" "${sched[@]}"
+common=(--stages 4 --batch "${BATCH:-128}" --micro-batches "${MICRO:-16}" "${sched[@]}"
         --steps "$steps" --eval-every 0 --eval-batches 1 --seed 1 "${model[@]}")
 links=(${LINKS:-unshaped:0:0 1000Mbps:1000:0 100Mbps:100:0 80Mbps+25ms:80:25})
 codecs=("dense --codec dense" "resbm --codec resbm --rank 2")
