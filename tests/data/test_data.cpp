@@ -9,26 +9,16 @@
 
 #include "resbm/data/data.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace resbm;
 using namespace resbm::data;
 namespace fs = std::filesystem;
 
+using resbm::test::error_of;
+using resbm::test::has;
+
 namespace {
-
-// The message of the resbm::Error that f throws, or a marker that it threw none. Checked by
-// substring so the tests pin the part of each message that tells cases apart.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -11,24 +11,16 @@
 
 #include "resbm/io/io.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace resbm;
 using namespace resbm::io;
 namespace fs = std::filesystem;
 
+using resbm::test::error_of;
+using resbm::test::has;
+
 namespace {
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -6,23 +6,15 @@
 
 #include "resbm/transport/frame.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace resbm;
 using namespace resbm::transport;
 
+using resbm::test::error_of;
+using resbm::test::has;
+
 namespace {
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<std::byte> random_bytes(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -5,24 +5,16 @@
 
 #include "resbm/transport/in_process.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace resbm;
 using namespace resbm::transport;
 using namespace std::chrono_literals;
 
+using resbm::test::error_of;
+using resbm::test::has;
+
 namespace {
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<std::byte> pattern(size_t n, uint32_t seed) {
   std::vector<std::byte> v(n);

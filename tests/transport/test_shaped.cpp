@@ -5,23 +5,17 @@
 
 #include "resbm/transport/transport.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace resbm;
 using namespace resbm::transport;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-namespace {
+using resbm::test::error_of;
+using resbm::test::has;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+namespace {
 
 FrameHeader header(uint32_t mb) {
   FrameHeader h;

@@ -20,6 +20,7 @@
 #include "resbm/transport/any_link.hpp"
 #include "resbm/transport/tls.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace resbm;
 using namespace resbm::transport;
@@ -27,19 +28,10 @@ using namespace std::chrono_literals;
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
+using resbm::test::error_of;
+using resbm::test::has;
+
 namespace {
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<std::byte> pattern(size_t n, uint32_t seed) {
   std::vector<std::byte> v(n);
