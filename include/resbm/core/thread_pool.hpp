@@ -41,8 +41,6 @@ class ThreadPool {
     for (auto& w : workers_) w.join();
   }
 
-  int threads() const { return threads_; }
-
   // fn(i) for i in [0, n) over the pool's threads (the caller is thread 0). An exception
   // from any fn(i) is rethrown here after every thread has finished its block.
   template <class Fn>
