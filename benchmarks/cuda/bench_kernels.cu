@@ -1,5 +1,6 @@
 // Per-kernel timings of the CUDA ops at the training shapes (B=16, T=1024, d=768, H=12,
-// hd=64, SwiGLU hidden 2048, byte vocabulary 256), inputs drawn with Philox on the device.
+// hd=64, SwiGLU hidden 2048, byte vocabulary 256; attention also at hd=128, H=16), inputs
+// drawn with Philox on the device.
 // Each op: 3 warm-ups, then the median of 20 runs timed with CUDA events. Prints ms, the
 // bytes it must move over the time (GB/s) and, for matrix work, TFLOP/s.
 // Usage: bench_kernels_cuda [reps]
@@ -163,24 +164,35 @@ int main(int argc, char** argv) {
                            inp.view({N, mm.in}), w.view({mm.out, mm.in}));
     });
   }
-  {
-    auto q = rnd<bf16>(ctx, N * C), k = rnd<bf16>(ctx, N * C), v = rnd<bf16>(ctx, N * C), o = rnd<bf16>(ctx, N * C);
-    auto dq = rnd<bf16>(ctx, N * C), dk = rnd<bf16>(ctx, N * C), dv = rnd<bf16>(ctx, N * C);
-    DeviceBuffer<float> cache(static_cast<size_t>(ops::cuda_attention_cache_size(B, T, H)));
-    auto V4 = [&](DeviceBuffer<bf16>& t) { return t.view({B, T, H, hd}); };
-    // Causal: half of the T×T scores. Forward 2 products, backward 5 (P and dP recomputed).
-    const double pair = double(B * H) * double(T) * double(T) / 2 * double(hd) * 2;
-    add("attention_forward", 4 * act, 2 * pair, [&] {
+  // Attention at the training shape (hd 64) and at hd 128 (H=16, d=2048), each backward
+  // both ways: the single pass (default) and the deterministic two kernels. FLOPs count
+  // the algorithm's products (causal: half of the T×T scores): forward 2, backward 5 (S
+  // recomputed, dP, dV, dK, dQ), whichever path, so TFLOP/s compare like ms do.
+  for (const int64_t ahd : {int64_t(64), int64_t(128)}) {
+    const int64_t AH = ahd == 64 ? H : 16, AC = AH * ahd;
+    auto q = rnd<bf16>(ctx, N * AC), k = rnd<bf16>(ctx, N * AC), v = rnd<bf16>(ctx, N * AC), o = rnd<bf16>(ctx, N * AC);
+    auto dq = rnd<bf16>(ctx, N * AC), dk = rnd<bf16>(ctx, N * AC), dv = rnd<bf16>(ctx, N * AC);
+    auto g = rnd<bf16>(ctx, N * AC);
+    DeviceBuffer<float> cache(static_cast<size_t>(ops::cuda_attention_cache_size(B, T, AH)));
+    auto V4 = [&](DeviceBuffer<bf16>& t) { return t.view({B, T, AH, ahd}); };
+    const double pair = double(B * AH) * double(T) * double(T) / 2 * double(ahd) * 2;
+    const double aact = double(N * AC) * 2;
+    const std::string tag = ahd == 64 ? " hd64" : " hd128";
+    add(("attention_forward" + tag).c_str(), 4 * aact, 2 * pair, [&] {
       ops::attention_forward(ctx, V4(o), cache.view({int64_t(cache.size())}), V4(q), V4(k), V4(v));
     });
-    add("attention_backward", 8 * act, 7 * pair, [&] {
-      ops::attention_backward(ctx, V4(dq), V4(dk), V4(dv), V4(dy), cache.view({int64_t(cache.size())}), V4(q), V4(k),
-                              V4(v), V4(o));
-    });
+    for (const bool det : {false, true}) {
+      ops::cuda_attention_deterministic = det;
+      add(("attention_backward" + tag + (det ? " deterministic" : " single pass")).c_str(), 8 * aact, 5 * pair, [&] {
+        ops::attention_backward(ctx, V4(dq), V4(dk), V4(dv), V4(g), cache.view({int64_t(cache.size())}), V4(q),
+                                V4(k), V4(v), V4(o));
+      });
+    }
+    ops::cuda_attention_deterministic = false;
   }
   ctx.synchronize();
-  std::printf("\n%-34s %10s %10s %10s\n", "op (B=16 T=1024 d=768 H=12)", "ms", "GB/s", "TFLOP/s");
+  std::printf("\n%-40s %10s %10s %10s\n", "op (B=16 T=1024 d=768 H=12)", "ms", "GB/s", "TFLOP/s");
   for (const Row& r : rows)
-    std::printf("%-34s %10.4f %10.1f %10.2f\n", r.name.c_str(), r.ms, r.gbs, r.tflops);
+    std::printf("%-40s %10.4f %10.1f %10.2f\n", r.name.c_str(), r.ms, r.gbs, r.tflops);
   return 0;
 }

@@ -380,16 +380,20 @@ std::vector<float> reference_lse(const std::vector<float>& q, const std::vector<
 }
 }  // namespace
 
+// Three implementations behind one API: tensor cores with the single-pass backward (fp32
+// atomics for dq, the default), tensor cores with the deterministic two-kernel backward,
+// and the CUDA-core kernels. Each against the CPU op, with outputs, the cache and (for the
+// single pass) the dq scratch poisoned first.
 TEST_CASE("cuda flash attention forward and backward match the CPU op") {
   struct S {
     int64_t B, T, H, hd;
   };
-  for (bool tc : {true, false})
-  for (S s : {S{2, 64, 2, 64}, S{1, 200, 3, 64}, S{2, 77, 2, 32}, S{1, 130, 2, 128}, S{1, 1, 1, 64}, S{1, 1024, 2, 64},
-              S{2, 333, 2, 128}, S{1, 17, 3, 32}}) {
-    ops::cuda_attention_tensor_cores = tc;
-    std::printf("attention (%s) B=%ld T=%ld H=%ld hd=%ld\n", tc ? "tensor cores" : "cuda cores", long(s.B), long(s.T),
-                long(s.H), long(s.hd));
+  struct Mode {
+    bool tc, det;
+    const char* name;
+  };
+  for (S s : {S{2, 64, 2, 64}, S{1, 200, 3, 64}, S{2, 77, 2, 32}, S{1, 130, 2, 128}, S{1, 1, 1, 64}, S{1, 1, 2, 32},
+              S{1, 1, 2, 128}, S{1, 1024, 2, 64}, S{2, 333, 2, 128}, S{1, 17, 3, 32}, S{1, 1000, 2, 128}}) {
     const size_t n = size_t(s.B * s.T * s.H * s.hd);
     auto q = randn(n), k = randn(n), v = randn(n), dout = randn(n);
     std::vector<float> ref(n), cache(size_t(ops::attention_cache_size(s.B, s.T, s.H)));
@@ -402,25 +406,71 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
                                    Tensor<const float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k), C4(v),
                                    C4(ref));
     auto rlse = reference_lse(q, k, s.B, s.T, s.H, s.hd);
-
     auto d_q = upload_bf16(q), d_k = upload_bf16(k), d_v = upload_bf16(v), d_dout = upload_bf16(dout);
-    auto d_out = poisoned<bf16>(n), d_dq = poisoned<bf16>(n), d_dk = poisoned<bf16>(n), d_dv = poisoned<bf16>(n);
-    auto d_cache = poisoned<float>(size_t(ops::cuda_attention_cache_size(s.B, s.T, s.H)));
     auto V4 = [&](DeviceBuffer<bf16>& x) { return x.view({s.B, s.T, s.H, s.hd}); };
-    auto cache_view = d_cache.view({int64_t(d_cache.size())});
-    ops::attention_forward(ctx(), V4(d_out), cache_view, V4(d_q), V4(d_k), V4(d_v));
-    auto out = download(d_out);
-    auto lse_all = download(d_cache);
-    std::vector<float> lse(lse_all.begin(), lse_all.begin() + int64_t(rlse.size()));
-    CHECK_REL(out, ref, kBf16);
-    CHECK_REL(lse, rlse, kF32);
-    ops::attention_backward(ctx(), V4(d_dq), V4(d_dk), V4(d_dv), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
-                            V4(d_out));
-    CHECK_REL(download(d_dq), rdq, 2 * kBf16);
-    CHECK_REL(download(d_dk), rdk, 2 * kBf16);
-    CHECK_REL(download(d_dv), rdv, kBf16);
+
+    for (Mode m : {Mode{true, false, "tensor cores, single pass"}, Mode{true, true, "tensor cores, deterministic"},
+                   Mode{false, true, "cuda cores"}}) {
+      ops::cuda_attention_tensor_cores = m.tc;
+      ops::cuda_attention_deterministic = m.det;
+      std::printf("attention (%s) B=%ld T=%ld H=%ld hd=%ld\n", m.name, long(s.B), long(s.T), long(s.H), long(s.hd));
+      auto d_out = poisoned<bf16>(n), d_dq = poisoned<bf16>(n), d_dk = poisoned<bf16>(n), d_dv = poisoned<bf16>(n);
+      auto d_cache = poisoned<float>(size_t(ops::cuda_attention_cache_size(s.B, s.T, s.H)));
+      auto cache_view = d_cache.view({int64_t(d_cache.size())});
+      ops::attention_forward(ctx(), V4(d_out), cache_view, V4(d_q), V4(d_k), V4(d_v));
+      auto out = download(d_out);
+      auto lse_all = download(d_cache);
+      std::vector<float> lse(lse_all.begin(), lse_all.begin() + int64_t(rlse.size()));
+      CHECK_REL(out, ref, kBf16);
+      CHECK_REL(lse, rlse, kF32);
+      // The single pass must zero its fp32 dq accumulator (ctx scratch) itself.
+      RESBM_CUDA_CHECK(cudaMemsetAsync(ctx().scratch(n * sizeof(float)), 0xff, n * sizeof(float), ctx().stream));
+      ops::attention_backward(ctx(), V4(d_dq), V4(d_dk), V4(d_dv), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
+                              V4(d_out));
+      CHECK_REL(download(d_dq), rdq, 2 * kBf16);
+      CHECK_REL(download(d_dk), rdk, 2 * kBf16);
+      CHECK_REL(download(d_dv), rdv, kBf16);
+    }
   }
   ops::cuda_attention_tensor_cores = true;
+  ops::cuda_attention_deterministic = false;
+}
+
+// The deterministic backward gives the same bits on every run; the single pass differs from
+// it only by the order of dq's fp32 additions (and so, after rounding to bf16, by at most a
+// few ulps in a few elements), and computes dk and dv with the same per-key-tile code.
+TEST_CASE("cuda attention backward: deterministic path repeats bitwise, single pass agrees with it") {
+  const int64_t B = 2, T = 300, H = 2, hd = 64;
+  const size_t n = size_t(B * T * H * hd);
+  auto d_q = upload_bf16(randn(n)), d_k = upload_bf16(randn(n)), d_v = upload_bf16(randn(n));
+  auto d_dout = upload_bf16(randn(n));
+  auto V4 = [&](DeviceBuffer<bf16>& x) { return x.view({B, T, H, hd}); };
+  DeviceBuffer<bf16> d_out(n);
+  DeviceBuffer<float> d_cache(size_t(ops::cuda_attention_cache_size(B, T, H)));
+  auto cache_view = d_cache.view({int64_t(d_cache.size())});
+  ops::attention_forward(ctx(), V4(d_out), cache_view, V4(d_q), V4(d_k), V4(d_v));
+  std::vector<bf16> g[3][3];  // run (deterministic, deterministic, single pass) × (dq, dk, dv)
+  for (int run = 0; run < 3; ++run) {
+    ops::cuda_attention_deterministic = run < 2;
+    auto d_dq = poisoned<bf16>(n), d_dk = poisoned<bf16>(n), d_dv = poisoned<bf16>(n);
+    ops::attention_backward(ctx(), V4(d_dq), V4(d_dk), V4(d_dv), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
+                            V4(d_out));
+    ctx().synchronize();
+    g[run][0] = d_dq.to_host();
+    g[run][1] = d_dk.to_host();
+    g[run][2] = d_dv.to_host();
+  }
+  ops::cuda_attention_deterministic = false;
+  for (int i = 0; i < 3; ++i) {
+    size_t diff = 0;
+    for (size_t e = 0; e < n; ++e) diff += g[0][i][e].bits != g[1][i][e].bits;
+    CHECK(diff == 0);
+  }
+  for (int i = 0; i < 3; ++i) {
+    const double e = rel_err(to_float(g[2][i]), to_float(g[0][i]));
+    std::printf("  single pass vs deterministic, %s: rel err %.3e\n", i == 0 ? "dq" : i == 1 ? "dk" : "dv", e);
+    CHECK(e < 5e-3);
+  }
 }
 
 TEST_CASE("cuda ops reject wrong shapes with an Error") {

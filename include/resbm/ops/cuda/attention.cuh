@@ -9,13 +9,18 @@
 //
 // Backward WRITES (=) dq, dk and dv (bf16) instead of adding to them as the CPU op does:
 // they are fresh gradients that only RoPE's backward and the QKV matmul_backward read.
-// It is deterministic (no atomics): one kernel walks key tiles per query tile for dq, a
-// second walks query tiles per key tile for dk and dv; both recompute P from the lse.
+// On tensor cores it is by default FlashAttention-2's single pass (attention_mma.cuh): one
+// kernel per key tile accumulates dk and dv and adds dq into an fp32 buffer (ctx.scratch,
+// 4·B·T·H·hd bytes) with atomics, so dq's last bits vary from run to run.
+// cuda_attention_deterministic = true selects two kernels without atomics (one walks key
+// tiles per query tile for dq, a second query tiles per key tile for dk and dv; both
+// recompute P from the lse), bitwise reproducible, and slower.
 //
-// This is the first, simple version: CUDA cores, not tensor cores. Each query (or key) row
-// is owned by hd/32 consecutive lanes, each holding 32 of its dimensions in registers;
-// dot products are finished with one or two shuffles. K/V (or Q/dO) tiles of 64 rows are
-// staged in shared memory and read as broadcasts. mma/wgmma is the next step.
+// The CUDA-core kernels below (cuda_attention_tensor_cores = false) are the first, simple
+// version, deterministic: each query (or key) row is owned by hd/32 consecutive lanes, each
+// holding 32 of its dimensions in registers; dot products are finished with one or two
+// shuffles. K/V (or Q/dO) tiles of 64 rows are staged in shared memory and read as
+// broadcasts.
 #include <cmath>
 
 #include "resbm/ops/cuda/attention_mma.cuh"
@@ -26,6 +31,10 @@ namespace resbm::ops {
 // Tensor cores (attention_mma.cuh) by default; false selects the CUDA-core kernels below
 // (kept as an independent implementation to compare against, and as a fallback).
 inline bool cuda_attention_tensor_cores = true;
+// Tensor-core backward without atomics (two kernels, S and dP computed twice): bitwise the
+// same dq on every run, for tests that compare gradients exactly. Default false: the
+// single pass, whose dq is summed over key tiles by fp32 atomics in a varying order.
+inline bool cuda_attention_deterministic = false;
 
 inline int64_t cuda_attention_cache_size(int64_t B, int64_t T, int64_t H) { return 2 * B * H * T; }
 
@@ -145,20 +154,33 @@ __global__ void __launch_bounds__(kRows * HD / 32)
   }
 }
 
-// D[bh, i] = Σ_d dout[i,d] · out[i,d]; one thread per (b, t, h) row.
-__global__ void bwd_dot(float* __restrict__ D, const bf16* __restrict__ dout, const bf16* __restrict__ out,
-                        int64_t B, int T, int H, int hd) {
-  const int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;  // (b*T + t)*H + h
-  if (n >= B * T * H) return;
-  const int h = int(n % H);
-  const int64_t bt = n / H;
-  const int t = int(bt % T);
-  const int64_t b = bt / T;
-  const bf16* g = dout + n * hd;
-  const bf16* o = out + n * hd;
+// D[bh, i] = Σ_d dout[i,d] · out[i,d]; HD/8 lanes per (b, t, h) row, 16 bytes each. When
+// dq_acc is given (the single-pass backward), its HD floats of the row are zeroed too.
+template <int HD>
+__global__ void bwd_dot(float* __restrict__ D, float* __restrict__ dq_acc, const bf16* __restrict__ dout,
+                        const bf16* __restrict__ out, int64_t rows, int T, int H) {
+  constexpr int R = HD / 8;
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t n = idx / R;  // (b*T + t)*H + h
+  const int part = int(idx % R);
   float s = 0;
-  for (int d = 0; d < hd; ++d) s += resbm::cuda_detail::ldf(g + d) * resbm::cuda_detail::ldf(o + d);
-  D[(b * H + h) * T + t] = s;
+  if (n < rows) {  // no early return: the whole warp takes part in the shuffles
+    float g[8], o[8];
+    resbm::cuda_detail::unpack8(reinterpret_cast<const resbm::cuda_detail::Pack8*>(dout + n * HD)[part], g);
+    resbm::cuda_detail::unpack8(reinterpret_cast<const resbm::cuda_detail::Pack8*>(out + n * HD)[part], o);
+#pragma unroll
+    for (int d = 0; d < 8; ++d) s = fmaf(g[d], o[d], s);
+    if (dq_acc) {
+      auto* z = reinterpret_cast<float4*>(dq_acc + n * HD + part * 8);
+      z[0] = z[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+  s = row_reduce<R>(s);
+  if (n < rows && part == 0) {
+    const int h = int(n % H);
+    const int64_t bt = n / H;
+    D[(bt / T * H + h) * T + bt % T] = s;
+  }
 }
 
 // dq = scale · Σ_j dS_ij k_j, dS_ij = P_ij (dP_ij − D_i), dP_ij = dout_i · v_j.
@@ -300,10 +322,14 @@ void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf
 template <int HD>
 void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* lse, float* D,
                 const bf16* q, const bf16* k, const bf16* v, const bf16* out, int64_t B, int64_t T, int64_t H) {
-  bwd_dot<<<unsigned((B * T * H + 255) / 256), 256, 0, ctx.stream>>>(D, dout, out, B, int(T), int(H), HD);
+  const bool single_pass = cuda_attention_tensor_cores && !cuda_attention_deterministic;
+  float* dq_acc = single_pass ? static_cast<float*>(ctx.scratch(size_t(B * T * H) * HD * sizeof(float))) : nullptr;
+  const int64_t rows = B * T * H;
+  bwd_dot<HD><<<unsigned((rows * (HD / 8) + 255) / 256), 256, 0, ctx.stream>>>(D, dq_acc, dout, out, rows, int(T),
+                                                                                int(H));
   RESBM_CUDA_LAUNCH_CHECK();
   if (cuda_attention_tensor_cores) {
-    cuda_detail_attn_mma::launch_bwd<HD>(ctx, dq, dk, dv, dout, lse, D, q, k, v, B, T, H);
+    cuda_detail_attn_mma::launch_bwd<HD>(ctx, dq, dq_acc, dk, dv, dout, lse, D, q, k, v, B, T, H);
     return;
   }
   const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(B * H));
