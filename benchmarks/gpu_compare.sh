@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # resbm-train-cuda against PyTorch (eager and torch.compile; bf16 autocast, SDPA, fused
 # AdamW) on the same model, batch and byte vocabulary, plus a GEMM ceiling and the D2D
-# copy bandwidth, in one go on the GPU machine. Logs under $OUT (or ./gpu-logs); a short
+# copy bandwidth, in one go on the GPU machine; and resbm as 4 pipeline stages in one process
+# with the resbm codec (rank 2) and the dense bf16 wire at the 3 boundaries, whose step time
+# against 1 stage is what the bottleneck costs. Logs under $OUT (or ./gpu-logs); a short
 # table last. Usage: benchmarks/gpu_compare.sh   (GPU_COMPARE_TESTS=0 skips the CUDA tests,
-# GPU_COMPARE_TORCH=0 the PyTorch runs; PY=... picks the Python that has torch)
+# GPU_COMPARE_TORCH=0 the PyTorch runs, GPU_COMPARE_STAGES=0 the 4-stage runs; PY=... picks
+# the Python that has torch)
 set -u
 OUT=${OUT:-$PWD/gpu-logs}
 PY=${PY:-/opt/torch/.venv/bin/python3}
@@ -22,16 +25,26 @@ nvidia-smi -L; nvcc --version | tail -1
 step configure 120 cmake -S . -B build-gpu -G Ninja -DRESBM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DRESBM_BUILD_BENCHMARKS=OFF || tail -30 "$OUT/configure.log"
 targets="resbm-train-cuda"
-[ "${GPU_COMPARE_TESTS:-1}" = 1 ] && targets="$targets test_cuda_ops test_cuda_model"
+[ "${GPU_COMPARE_TESTS:-1}" = 1 ] && targets="$targets test_cuda_ops test_cuda_model test_cuda_pipeline"
 step build 400 ninja -C build-gpu $targets || grep -E "error" -A5 "$OUT/build.log" | head -60
 if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
   step test_ops 240 build-gpu/tests/test_cuda_ops
   step test_model 120 build-gpu/tests/test_cuda_model
+  step test_pipeline 120 build-gpu/tests/test_cuda_pipeline
 fi
 step ceiling 120 "$PY" benchmarks/torch_gpu.py ceiling
 TRAIN=build-gpu/examples/resbm-train-cuda
 step resbm_a 180 $TRAIN --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
 step resbm_b 240 $TRAIN --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
+if [ "${GPU_COMPARE_STAGES:-1}" = 1 ]; then
+  for key in a b; do
+    [ $key = a ] && M="--layers 12 --d-model 768 --heads 12" || M="--layers 8 --d-model 2048 --heads 16"
+    step resbm_${key}_s4resbm 240 $TRAIN $M --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2 \
+      --stages 4 --codec resbm --rank 2
+    step resbm_${key}_s4dense 240 $TRAIN $M --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2 \
+      --stages 4 --codec dense
+  done
+fi
 [ "${GPU_COMPARE_TORCH:-1}" = 1 ] && for m in eager compile; do
   step torch_a_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --mode $m --steps 20
   step torch_b_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --mode $m --steps 20
@@ -39,8 +52,8 @@ done
 
 if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
   echo "== tests =="
-  grep -hE "rel err|loss cpu|init:|slices:|gradients:|weights after|attention \(|test cases|FAILED" \
-    "$OUT/test_ops.log" "$OUT/test_model.log" | grep -vE "^  grad " | head -120
+  grep -hE "rel err|loss cpu|init:|slices:|gradients:|weights after|attention \(|dense:|resbm:|test cases|FAILED" \
+    "$OUT/test_ops.log" "$OUT/test_model.log" "$OUT/test_pipeline.log" | grep -vE "^  grad " | head -120
 fi
 echo "== resbm-train-cuda =="; grep -hE "^step|RESULT|error" "$OUT/resbm_a.log" "$OUT/resbm_b.log" | tail -20
 echo "== summary =="; printf '%s\n' "${SUMMARY[@]}"
@@ -67,6 +80,7 @@ for key, (L, d, H, F) in cfgs.items():
     flops_tok = 6 * (L * (4 * d * d + 3 * d * F) + V * d) + 6 * L * T * d  # causal attention: half of 12·L·T·d
     rows = [("resbm", grab(f"resbm_{key}", "RESULT")), ("torch eager", grab(f"torch_{key}_eager", "TORCH")),
             ("torch compile", grab(f"torch_{key}_compile", "TORCH"))]
+    rows += [(f"resbm 4st {c}", r) for c in ("resbm", "dense") if (r := grab(f"resbm_{key}_s4{c}", "RESULT"))]
     comp = rows[2][1]["tokens_per_s"] if rows[2][1] else None
     for impl, r in rows:
         if not r:
@@ -76,5 +90,9 @@ for key, (L, d, H, F) in cfgs.items():
         ms = r["step_ms"]
         ratio = f"{tps / comp:.2f}x" if comp else "-"
         mfu = f"{100 * tps * flops_tok / (peak * 1e12):.0f}%" if peak else "-"
-        print(f"{f'({key}) L{L} d{d} H{H} B16 T1024':<28}{impl:<16}{tps:>12,.0f}{ms:>10.1f}{ratio:>12}{mfu:>8}")
+        extra = ""
+        if impl.startswith("resbm 4st") and rows[0][1]:
+            extra = (f"  step +{100 * (ms / rows[0][1]['step_ms'] - 1):.2f}% vs 1 stage, "
+                     f"{r.get('compression_ratio', 0):.0f}x fewer bytes, val {r['val_loss']:.3f} (1 stage {rows[0][1]['val_loss']:.3f})")
+        print(f"{f'({key}) L{L} d{d} H{H} B16 T1024':<28}{impl:<16}{tps:>12,.0f}{ms:>10.1f}{ratio:>12}{mfu:>8}{extra}")
 EOF

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "resbm/resbm.hpp"
+#include "result_keys.hpp"
 
 namespace fs = std::filesystem;
 using namespace resbm;
@@ -315,15 +316,7 @@ void print_result(const Options& o, const nn::LlamaConfig& cfg, const Context& c
   result.set("tokens_per_s", train_s > 0 ? double(trained_steps) * o.batch * cfg.seq_len / train_s : 0.0);
   result.set("steps", o.steps);
   result.set("skipped_steps", last.skipped);
-  result.set("params", params);
-  result.set("d_model", cfg.d_model);
-  result.set("n_layers", cfg.n_layers);
-  result.set("n_heads", cfg.n_heads);
-  result.set("seq_len", cfg.seq_len);
-  result.set("batch", o.batch);
-  result.set("micro_batches", o.micro_batches);
-  result.set("ffn", cfg.ffn_hidden());
-  result.set("vocab", cfg.vocab);
+  examples::set_model_keys(result, cfg, params, o.batch, o.micro_batches);
   result.set("optimizer", o.optimizer);
   result.set("stages", o.stages);
   if (o.stages > 1) {
@@ -332,11 +325,7 @@ void print_result(const Options& o, const nn::LlamaConfig& cfg, const Context& c
     result.set("lookahead", o.lookahead);
     result.set("codec", o.codec);
     result.set("rank", o.rank);
-    result.set("wire_bytes_per_token", wire.bytes_per_token());
-    result.set("wire_bytes_forward", wire.forward_bytes);
-    result.set("wire_bytes_backward", wire.backward_bytes);
-    result.set("wire_dense_bytes", wire.dense_bytes);
-    result.set("compression_ratio", pipeline::compression_ratio(wire));
+    examples::set_wire_keys(result, wire);
     result.set("per_stage", per_stage);
   }
   result.set("threads", ctx.threads);

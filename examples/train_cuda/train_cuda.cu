@@ -1,11 +1,13 @@
 // The GPU training loop behind `resbm-train --device cuda` and `resbm-train-cuda`:
 // resbm-train's model, AdamW, warmup + cosine schedule, global-norm clipping, evaluation
 // and metrics on one GPU (bf16 compute, fp32 master weights, gradients and optimizer
-// state). It parses resbm-train's whole flag set, so a run can switch devices by one flag,
-// and refuses by name what it cannot do yet (pipeline stages, Muon, checkpoints) instead
-// of silently ignoring it. Ends with one machine-readable line `RESULT {json}`;
-// tokens_per_s and step_ms leave out the first --skip-steps steps (cuBLASLt plan creation
-// and allocations happen in the first one).
+// state), and with --stages S the partitioned model with a codec at every boundary, all
+// stages in this process on this GPU (pipeline::CudaLocalPipeline: the wire payloads are
+// real and counted, as the CPU's one-process pipeline). It parses resbm-train's whole flag
+// set, so a run can switch devices by one flag, and refuses by name what it cannot do
+// (Muon, checkpoints, links, codecs without GPU halves) instead of silently ignoring it.
+// Ends with one machine-readable line `RESULT {json}`; tokens_per_s and step_ms leave out
+// the first --skip-steps steps (cuBLASLt plan creation and allocations happen in the first).
 #include <omp.h>
 
 #include <algorithm>
@@ -22,7 +24,9 @@
 #include "resbm/io/file.hpp"
 #include "resbm/io/json.hpp"
 #include "resbm/io/metrics.hpp"
-#include "resbm/nn/cuda/llama.cuh"
+#include "resbm/codec/presets.hpp"
+#include "resbm/pipeline/cuda/local.cuh"
+#include "../train/result_keys.hpp"
 #include "resbm/optim/schedule.hpp"
 
 using namespace resbm;
@@ -38,11 +42,14 @@ struct Options {
   uint64_t seed = 1;
   int64_t eval_every = 0, eval_batches = 8;
   bool fuse_projections = true;
-  // resbm-train's flags that the GPU path does not support yet: parsed so that using one
-  // is a clear error rather than "unknown flag".
-  std::string codec, schedule, listen, next, run_id, save, resume;
-  int stages = 1, micro_batches = 1, rank = 0, stage = -1;
-  int64_t save_every = 0, stop_after = 0;
+  std::string codec = "resbm";
+  int stages = 1, micro_batches = 1, rank = 2;
+  // resbm-train's flags that the GPU path does not support: parsed so that using one is a
+  // clear error rather than "unknown flag".
+  std::string schedule, listen, next, run_id, save, resume, tls_cert, tls_key, tls_ca;
+  int stage = -1, lookahead = 0;
+  int64_t save_every = 0, stop_after = 0, resume_step = 0;
+  bool skip_nonfinite = false;
   double adam_lr = 0, timeout_s = 0, link_mbps = 0, link_latency_ms = 0, link_jitter_ms = 0, max_frame_mb = 0;
 };
 
@@ -61,102 +68,17 @@ int device_id(const std::string& d) {
   return std::stoi(n);
 }
 
-}  // namespace
-
-int resbm_train_cuda(int argc, char** argv) {
-  Options o;
-  io::Cli cli("resbm-train --device cuda",
-              "train a LLaMA-style model on one GPU (AdamW, char or byte tokenizer); ends with RESULT {json}");
-  cli.flag("data", &o.data, "text file to train on")
-      .flag("tokenizer", &o.tokenizer, "char (vocabulary from the corpus) or byte (256)")
-      .flag("device", &o.device, "cuda, cuda:N or N (the GPU)")
-      .flag("d-model", &o.d_model, "residual width")
-      .flag("layers", &o.layers, "number of decoder blocks")
-      .flag("heads", &o.heads, "attention heads (d_model / heads in {32, 64, 128})")
-      .flag("ffn", &o.ffn, "SwiGLU hidden width (0 = 8/3 d_model rounded up to 32)")
-      .flag("seq", &o.seq, "sequence length")
-      .flag("batch", &o.batch, "sequences per step")
-      .flag("steps", &o.steps, "training steps")
-      .flag("lr", &o.lr, "peak AdamW learning rate (0 = 2e-3)")
-      .flag("warmup", &o.warmup, "linear warmup steps")
-      .flag("min-lr-ratio", &o.min_lr_ratio, "cosine decay floor as a fraction of --lr")
-      .flag("weight-decay", &o.weight_decay, "decoupled weight decay (not on norm gains)")
-      .flag("clip", &o.clip, "global gradient-norm clip (0 = off)")
-      .flag("optimizer", &o.optimizer, "adamw (the only one on the GPU so far)")
-      .flag("seed", &o.seed, "seed of weights and batch sampling")
-      .flag("threads", &o.threads, "host threads for the weight init (0 = all)")
-      .flag("eval-every", &o.eval_every, "validate every N steps (0 = only at the end)")
-      .flag("eval-batches", &o.eval_batches, "validation batches per evaluation")
-      .flag("metrics", &o.metrics, "write per-step metrics as JSONL to this file")
-      .flag("skip-steps", &o.skip_steps, "first steps left out of tokens_per_s and step_ms (warm-up)")
-      .flag("fuse-projections", &o.fuse_projections, "one batched GEMM for q/k/v and one for gate/up")
-      .flag("stages", &o.stages, "not supported on the GPU yet (1)")
-      .flag("micro-batches", &o.micro_batches, "not supported on the GPU yet (1)")
-      .flag("stage", &o.stage, "not supported on the GPU yet")
-      .flag("codec", &o.codec, "not supported on the GPU yet")
-      .flag("rank", &o.rank, "not supported on the GPU yet")
-      .flag("schedule", &o.schedule, "not supported on the GPU yet")
-      .flag("listen", &o.listen, "not supported on the GPU yet")
-      .flag("next", &o.next, "not supported on the GPU yet")
-      .flag("run-id", &o.run_id, "not supported on the GPU yet")
-      .flag("timeout", &o.timeout_s, "not supported on the GPU yet")
-      .flag("max-frame-mb", &o.max_frame_mb, "not supported on the GPU yet")
-      .flag("link-mbps", &o.link_mbps, "not supported on the GPU yet")
-      .flag("link-latency-ms", &o.link_latency_ms, "not supported on the GPU yet")
-      .flag("link-jitter-ms", &o.link_jitter_ms, "not supported on the GPU yet")
-      .flag("adam-lr", &o.adam_lr, "not supported on the GPU yet (Muon only)")
-      .flag("save", &o.save, "not supported on the GPU yet")
-      .flag("save-every", &o.save_every, "not supported on the GPU yet")
-      .flag("resume", &o.resume, "not supported on the GPU yet")
-      .flag("stop-after", &o.stop_after, "not supported on the GPU yet");
-  if (!cli.parse(argc, argv)) return 0;
-  for (const char* name : {"stage", "codec", "rank", "schedule", "listen", "next", "run-id", "timeout", "max-frame-mb",
-                           "link-mbps", "link-latency-ms", "link-jitter-ms", "adam-lr", "save", "save-every",
-                           "resume", "stop-after"})
-    RESBM_CHECK(!cli.given(name), cat("--", name, " is not supported with --device cuda yet"),
-                "drop it, or train on the CPU (--device cpu)");
-  RESBM_CHECK(o.stages == 1, "--stages is not supported with --device cuda yet (one GPU, one stage)",
-              "drop --stages, or train on the CPU (--device cpu)");
-  RESBM_CHECK(o.micro_batches == 1, "--micro-batches is not supported with --device cuda yet",
-              "drop --micro-batches, or train on the CPU (--device cpu)");
-  RESBM_CHECK(o.optimizer == "adamw", cat("--optimizer ", o.optimizer, " is not supported with --device cuda yet"),
-              "pass --optimizer adamw");
-  RESBM_CHECK(o.steps > 0 && o.batch > 0, "--steps and --batch must be positive", "pass positive values");
-  RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.eval_batches > 0 && o.skip_steps >= 0,
-              "--warmup, --eval-every, --skip-steps must be >= 0 and --eval-batches > 0", "fix the flag values");
-  if (o.threads > 0) omp_set_num_threads(o.threads);
-
-  const std::string corpus = io::read_file(o.data, "data file", uint64_t(1) << 34);
-  std::vector<int32_t> ids;
-  int vocab = 0;
-  if (o.tokenizer == "byte") {
-    ids = data::ByteTokenizer{}.encode(corpus);
-    vocab = 256;
-  } else {
-    RESBM_CHECK(o.tokenizer == "char", cat("unknown tokenizer '", o.tokenizer, "'"), "pass --tokenizer char or byte");
-    const data::CharTokenizer tok = data::CharTokenizer::build(corpus);
-    ids = tok.encode(corpus);
-    vocab = tok.vocab_size();
-  }
-  const data::Split split = data::split_train_val(ids);
-
-  nn::LlamaConfig cfg;
-  cfg.vocab = vocab;
-  cfg.d_model = o.d_model;
-  cfg.n_layers = o.layers;
-  cfg.n_heads = o.heads;
-  cfg.seq_len = o.seq;
-  cfg.ffn = o.ffn;
-
+// The training loop for one codec (the codec of every boundary; unused with one stage).
+template <class Codec>
+int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split) {
   CudaContext ctx(device_id(o.device));
-  nn::CudaLlama model(ctx, cfg);
-  model.fuse_projections = o.fuse_projections;
-  model.init(o.seed);
   optim::AdamWConfig oc;
   oc.lr = o.lr > 0 ? float(o.lr) : 2e-3f;  // resbm-train's AdamW default
   oc.weight_decay = float(o.weight_decay);
-  nn::CudaAdamW opt(ctx, model, oc);
-  auto acts = model.make_activations(o.batch);
+  const int64_t micro = o.batch / o.micro_batches;
+  pipeline::CudaLocalPipeline<Codec> pipe(ctx, cfg, o.stages, micro, oc);
+  for (auto& st : pipe.stages()) st->model().fuse_projections = o.fuse_projections;
+  pipe.init(o.seed);
 
   const data::BatchSampler train_data(split.train, o.batch, cfg.seq_len, o.seed);
   const data::BatchSampler val_data(split.val, o.batch, cfg.seq_len, o.seed);
@@ -167,9 +89,7 @@ int resbm_train_cuda(int argc, char** argv) {
     double sum = 0;
     for (int64_t i = 0; i < n; ++i) {
       val_data.eval_batch(i, tok.data(), tgt.data());
-      model.set_batch(acts, tok.data(), tgt.data());
-      model.forward(acts);
-      sum += model.mean_loss(acts);
+      sum += pipe.evaluate(tok.data(), tgt.data(), o.micro_batches);
     }
     return sum / double(n);
   };
@@ -178,25 +98,18 @@ int resbm_train_cuda(int argc, char** argv) {
 
   std::fprintf(stderr,
                "resbm-train --device cuda: %zu parameters, vocab %d (%s), d_model %d, %d layers, %d heads, seq %d, "
-               "batch %d on %s\n",
-               model.count(), cfg.vocab, o.tokenizer.c_str(), cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.seq_len,
-               o.batch, ctx.props.name);
+               "batch %d (%d micro-batches), %d stage(s)%s%s on %s\n",
+               pipe.params(), cfg.vocab, o.tokenizer.c_str(), cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.seq_len,
+               o.batch, o.micro_batches, o.stages, o.stages > 1 ? ", codec " : "",
+               o.stages > 1 ? cat(o.codec, " rank ", o.rank).c_str() : "", ctx.props.name);
   double timed_s = 0, all_s = 0, recent_loss = 0, val_loss = NAN, last_norm = 0;
   int64_t timed = 0, recent = 0;
   const double t_run = now_s();
   for (int64_t step = 0; step < o.steps; ++step) {
     const double t0 = now_s();
     train_data.batch(step, tok.data(), tgt.data());
-    model.set_batch(acts, tok.data(), tgt.data());
-    model.zero_grad();
-    model.forward(acts);
-    model.backward(acts);
-    const double norm = model.grad_norm();
-    const double loss = model.mean_loss(acts);
-    RESBM_CHECK(std::isfinite(loss) && std::isfinite(norm),
-                cat("loss ", loss, ", gradient norm ", norm, " at step ", step), "lower --lr or raise --warmup");
     const float lr_scale = optim::lr_multiplier(step, std::min(o.warmup, o.steps), o.steps, float(o.min_lr_ratio));
-    opt.step(model, lr_scale, nn::clip_coefficient(norm, o.clip));
+    const auto [loss, norm] = pipe.train_step(tok.data(), tgt.data(), step, o.micro_batches, lr_scale, o.clip);
     ctx.synchronize();
     const double dt = now_s() - t0;
     all_s += dt;
@@ -241,22 +154,125 @@ int resbm_train_cuda(int argc, char** argv) {
   result.set("tokens_per_s", tps);
   result.set("step_ms", timed ? 1e3 * timed_s / double(timed) : 0.0);
   result.set("steps", o.steps);
-  result.set("params", model.count());
-  result.set("d_model", cfg.d_model);
-  result.set("n_layers", cfg.n_layers);
-  result.set("n_heads", cfg.n_heads);
-  result.set("seq_len", cfg.seq_len);
-  result.set("batch", o.batch);
-  result.set("micro_batches", 1);
-  result.set("ffn", cfg.ffn_hidden());
-  result.set("vocab", cfg.vocab);
+  examples::set_model_keys(result, cfg, pipe.params(), o.batch, o.micro_batches);
   result.set("tokenizer", o.tokenizer);
   result.set("optimizer", "adamw");
-  result.set("stages", 1);
+  result.set("stages", o.stages);
+  if (o.stages > 1) {
+    result.set("codec", o.codec);
+    result.set("rank", o.rank);
+    examples::set_wire_keys(result, pipe.wire());
+  }
   result.set("device", std::string(ctx.props.name));
   result.set("seed", double(o.seed));
   result.set("wall_s", now_s() - t_run);
   std::printf("RESULT %s\n", result.dump().c_str());
   std::fflush(stdout);
   return 0;
+}
+
+}  // namespace
+
+int resbm_train_cuda(int argc, char** argv) {
+  Options o;
+  io::Cli cli("resbm-train --device cuda",
+              "train a LLaMA-style model on one GPU (AdamW, char or byte tokenizer), whole or as --stages pipeline "
+              "stages in one process with a --codec at every boundary; ends with RESULT {json}");
+  cli.flag("data", &o.data, "text file to train on")
+      .flag("tokenizer", &o.tokenizer, "char (vocabulary from the corpus) or byte (256)")
+      .flag("device", &o.device, "cuda, cuda:N or N (the GPU)")
+      .flag("d-model", &o.d_model, "residual width")
+      .flag("layers", &o.layers, "number of decoder blocks")
+      .flag("heads", &o.heads, "attention heads (d_model / heads in {32, 64, 128})")
+      .flag("ffn", &o.ffn, "SwiGLU hidden width (0 = 8/3 d_model rounded up to 32)")
+      .flag("seq", &o.seq, "sequence length")
+      .flag("batch", &o.batch, "sequences per step")
+      .flag("steps", &o.steps, "training steps")
+      .flag("lr", &o.lr, "peak AdamW learning rate (0 = 2e-3)")
+      .flag("warmup", &o.warmup, "linear warmup steps")
+      .flag("min-lr-ratio", &o.min_lr_ratio, "cosine decay floor as a fraction of --lr")
+      .flag("weight-decay", &o.weight_decay, "decoupled weight decay (not on norm gains)")
+      .flag("clip", &o.clip, "global gradient-norm clip (0 = off)")
+      .flag("optimizer", &o.optimizer, "adamw (the only one on the GPU so far)")
+      .flag("seed", &o.seed, "seed of weights and batch sampling")
+      .flag("threads", &o.threads, "host threads for the weight init (0 = all)")
+      .flag("eval-every", &o.eval_every, "validate every N steps (0 = only at the end)")
+      .flag("eval-batches", &o.eval_batches, "validation batches per evaluation")
+      .flag("metrics", &o.metrics, "write per-step metrics as JSONL to this file")
+      .flag("skip-steps", &o.skip_steps, "first steps left out of tokens_per_s and step_ms (warm-up)")
+      .flag("fuse-projections", &o.fuse_projections, "one batched GEMM for q/k/v and one for gate/up")
+      .flag("stages", &o.stages, "pipeline stages, all on this GPU in this process (1 = the whole model)")
+      .flag("micro-batches", &o.micro_batches, "micro-batches per step (gradient accumulation; divides --batch)")
+      .flag("codec", &o.codec, "boundary codec between stages: resbm, dense (bf16) or int8 on the GPU")
+      .flag("rank", &o.rank, "bottleneck width r of resbm (1, 2, 4, 8, 16, 32, 64)")
+      .flag("stage", &o.stage, "not supported on the GPU (stages run in this process)")
+      .flag("schedule", &o.schedule, "not supported on the GPU (stages run one after the other)")
+      .flag("lookahead", &o.lookahead, "not supported on the GPU")
+      .flag("listen", &o.listen, "not supported on the GPU yet")
+      .flag("next", &o.next, "not supported on the GPU yet")
+      .flag("run-id", &o.run_id, "not supported on the GPU yet")
+      .flag("timeout", &o.timeout_s, "not supported on the GPU yet")
+      .flag("max-frame-mb", &o.max_frame_mb, "not supported on the GPU yet")
+      .flag("link-mbps", &o.link_mbps, "not supported on the GPU yet")
+      .flag("link-latency-ms", &o.link_latency_ms, "not supported on the GPU yet")
+      .flag("link-jitter-ms", &o.link_jitter_ms, "not supported on the GPU yet")
+      .flag("tls-cert", &o.tls_cert, "not supported on the GPU yet")
+      .flag("tls-key", &o.tls_key, "not supported on the GPU yet")
+      .flag("tls-ca", &o.tls_ca, "not supported on the GPU yet")
+      .flag("adam-lr", &o.adam_lr, "not supported on the GPU yet (Muon only)")
+      .flag("save", &o.save, "not supported on the GPU yet")
+      .flag("save-every", &o.save_every, "not supported on the GPU yet")
+      .flag("resume", &o.resume, "not supported on the GPU yet")
+      .flag("resume-step", &o.resume_step, "not supported on the GPU yet")
+      .flag("skip-nonfinite", &o.skip_nonfinite, "not supported on the GPU yet")
+      .flag("stop-after", &o.stop_after, "not supported on the GPU yet");
+  if (!cli.parse(argc, argv)) return 0;
+  for (const char* name : {"stage", "schedule", "lookahead", "listen", "next", "run-id", "timeout", "max-frame-mb",
+                           "link-mbps", "link-latency-ms", "link-jitter-ms", "tls-cert", "tls-key", "tls-ca", "adam-lr",
+                           "save", "save-every", "resume", "resume-step", "skip-nonfinite", "stop-after"})
+    RESBM_CHECK(!cli.given(name), cat("--", name, " is not supported with --device cuda yet"),
+                "drop it, or train on the CPU (--device cpu)");
+  RESBM_CHECK(o.optimizer == "adamw", cat("--optimizer ", o.optimizer, " is not supported with --device cuda yet"),
+              "pass --optimizer adamw");
+  RESBM_CHECK(o.steps > 0 && o.batch > 0, "--steps and --batch must be positive", "pass positive values");
+  RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.eval_batches > 0 && o.skip_steps >= 0,
+              "--warmup, --eval-every, --skip-steps must be >= 0 and --eval-batches > 0", "fix the flag values");
+  RESBM_CHECK(o.micro_batches >= 1 && o.batch % o.micro_batches == 0,
+              cat("--micro-batches ", o.micro_batches, " does not divide --batch ", o.batch),
+              "pick --micro-batches among the divisors of --batch");
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+
+  const std::string corpus = io::read_file(o.data, "data file", uint64_t(1) << 34);
+  std::vector<int32_t> ids;
+  int vocab = 0;
+  if (o.tokenizer == "byte") {
+    ids = data::ByteTokenizer{}.encode(corpus);
+    vocab = 256;
+  } else {
+    RESBM_CHECK(o.tokenizer == "char", cat("unknown tokenizer '", o.tokenizer, "'"), "pass --tokenizer char or byte");
+    const data::CharTokenizer tok = data::CharTokenizer::build(corpus);
+    ids = tok.encode(corpus);
+    vocab = tok.vocab_size();
+  }
+  const data::Split split = data::split_train_val(ids);
+
+  nn::LlamaConfig cfg;
+  cfg.vocab = vocab;
+  cfg.d_model = o.d_model;
+  cfg.n_layers = o.layers;
+  cfg.n_heads = o.heads;
+  cfg.seq_len = o.seq;
+  cfg.ffn = o.ffn;
+  (void)pipeline::partition(cfg.n_layers, o.stages);  // names a bad --stages before the GPU starts
+
+  if (o.stages == 1) return train<codec::presets::DenseBf16>(o, cfg, split);  // no boundary
+  int rc = 0;
+  codec::with_codec(o.codec, o.rank, [&]<class Codec>() {
+    if constexpr (codec::HasCudaHalves<Codec>)
+      rc = train<Codec>(o, cfg, split);
+    else
+      fail(cat("codec '", o.codec, "' has no GPU halves"),
+           "pass --codec resbm, dense or int8 with --device cuda, or train on the CPU (--device cpu)");
+  });
+  return rc;
 }

@@ -1,6 +1,6 @@
 #pragma once
 // The umbrella header of the CUDA backend (include it from .cu files): the context, device
-// buffers, every CUDA op and the GPU halves of the boundary codec. See docs/cuda.md.
+// buffers, every CUDA op, the GPU halves of the boundary codec and the GPU AdamW. See docs/cuda.md.
 #include "resbm/ops/cuda/adamw.cuh"
 #include "resbm/ops/cuda/attention.cuh"
 #include "resbm/ops/cuda/attention_mma.cuh"
@@ -13,6 +13,8 @@
 #include "resbm/ops/cuda/rmsnorm.cuh"
 #include "resbm/ops/cuda/rope.cuh"
 #include "resbm/ops/cuda/silu.cuh"
+#include "resbm/ops/cuda/sum_squares.cuh"
 #include "resbm/ops/cuda/swiglu.cuh"
 #include "resbm/ops/cuda/wire.cuh"
-#include "resbm/codec/cuda/residual_bottleneck.cuh"
+#include "resbm/codec/cuda/halves.cuh"
+#include "resbm/optim/cuda/adamw.cuh"

@@ -96,7 +96,7 @@ TEST_CASE("cuda llama: same init, gradients and first AdamW losses as the CPU mo
   optim::AdamWConfig oc;
   oc.lr = 3e-3f;
   optim::AdamW cpu_opt(arena, oc);
-  nn::CudaAdamW gpu_opt(ctx(), gpu, oc);
+  optim::CudaAdamW gpu_opt(ctx(), gpu, oc);
   const double clip = 1.0;
   std::vector<int32_t> tok, tgt;
   for (int step = 0; step < 3; ++step) {
@@ -129,7 +129,7 @@ TEST_CASE("cuda llama: same init, gradients and first AdamW losses as the CPU mo
     }
     const double cpu_norm = optim::clip_grad_norm(host, arena, clip);
     cpu_opt.step(host, arena, 1.0f);
-    gpu_opt.step(gpu, 1.0f, nn::clip_coefficient(gpu_norm, clip));
+    gpu_opt.step(gpu, 1.0f, float(optim::clip_coefficient(gpu_norm, clip)));
     std::printf("step %d: loss cpu %.6f gpu %.6f (rel %.2e), grad norm cpu %.5f gpu %.5f\n", step, cpu_loss,
                 gpu_loss, std::abs(gpu_loss - cpu_loss) / cpu_loss, cpu_norm, gpu_norm);
     CHECK(std::abs(gpu_loss - cpu_loss) / cpu_loss < 2e-2);

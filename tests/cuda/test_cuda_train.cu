@@ -1,7 +1,9 @@
 // `resbm-train --device cuda` against `resbm-train --device cpu` on the same flags: the
 // first losses agree to bf16 tolerance (the GPU computes in bf16 with fp32 accumulation,
 // the CPU in fp32), for the character vocabulary (65 symbols: the padded-logits path) and
-// the byte one; flags the GPU loop does not support are refused by name.
+// the byte one, whole and as a 2-stage pipeline with the resbm and dense codecs (the CPU's
+// stage threads against the GPU's stages in one process); what the GPU loop does not
+// support is refused by name.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -58,12 +60,12 @@ std::vector<double> losses(const fs::path& metrics) {
   return l;
 }
 
-void compare(const std::string& tokenizer) {
+void compare(const std::string& tokenizer, const std::string& extra = "") {
   const fs::path dir = fs::temp_directory_path() / ("resbm-train-cuda-test-" + std::to_string(::getpid()));
   fs::create_directories(dir);
   const std::string common = "--tokenizer " + tokenizer +
                              " --d-model 64 --layers 2 --heads 2 --seq 64 --batch 4 --steps 3 --warmup 1"
-                             " --eval-batches 1 --optimizer adamw --seed 3";
+                             " --eval-batches 1 --optimizer adamw --seed 3 " + extra;
   std::string out;
   const int rc_cpu = run(common + " --device cpu --threads 4 --metrics " + (dir / "cpu.jsonl").string(), &out);
   INFO(out);
@@ -77,7 +79,8 @@ void compare(const std::string& tokenizer) {
   REQUIRE(gpu.size() == 3);
   for (size_t i = 0; i < 3; ++i) {
     const double rel = std::fabs(gpu[i] - cpu[i]) / std::fabs(cpu[i]);
-    std::printf("%s step %zu: loss cpu %.6f cuda %.6f rel %.2e\n", tokenizer.c_str(), i + 1, cpu[i], gpu[i], rel);
+    std::printf("%s %s step %zu: loss cpu %.6f cuda %.6f rel %.2e\n", tokenizer.c_str(), extra.c_str(), i + 1, cpu[i],
+                gpu[i], rel);
     CHECK(rel < 5e-3);
   }
 }
@@ -89,10 +92,21 @@ TEST_CASE("resbm-train --device cuda: first losses as --device cpu (char and byt
   compare("byte");
 }
 
+TEST_CASE("resbm-train --device cuda --stages 2: first losses as the CPU pipeline (resbm and dense codecs)") {
+  compare("char", "--stages 2 --codec resbm --rank 2 --micro-batches 2");
+  compare("byte", "--stages 2 --codec dense");
+}
+
 TEST_CASE("resbm-train --device cuda refuses what it does not support, by name") {
   std::string out;
-  CHECK(run("--device cuda --stages 2 --steps 1", &out) != 0);
-  CHECK(out.find("--stages is not supported with --device cuda") != std::string::npos);
+  CHECK(run("--device cuda --stages 2 --codec subspace --steps 1", &out) != 0);
+  CHECK(out.find("codec 'subspace' has no GPU halves") != std::string::npos);
+  CHECK(run("--device cuda --stages 2 --stage 0 --steps 1", &out) != 0);
+  CHECK(out.find("--stage is not supported with --device cuda") != std::string::npos);
+  CHECK(run("--device cuda --stages 5 --layers 4 --steps 1", &out) != 0);
+  CHECK(out.find("exceeds the model's 4 layers") != std::string::npos);
+  CHECK(run("--device cuda --batch 4 --micro-batches 3 --steps 1", &out) != 0);
+  CHECK(out.find("--micro-batches 3 does not divide --batch 4") != std::string::npos);
   CHECK(run("--device cuda --optimizer muon --steps 1", &out) != 0);
   CHECK(out.find("--optimizer muon is not supported with --device cuda") != std::string::npos);
   CHECK(run("--device cuda --save /tmp/x --steps 1", &out) != 0);

@@ -465,6 +465,15 @@ struct CudaResidualBottleneck {
                 "wire (Int8Grouped<G> or Int8PerToken) has GPU halves");
 };
 
+// Whether CudaResidualBottleneck<Codec> exists (the conditions its static_asserts spell out).
+template <class Codec>
+inline constexpr bool has_cuda_residual_bottleneck = false;
+template <class Rank, int H, class IdentityPath, class FwdWire, class BwdWire, class SideInfo>
+inline constexpr bool
+    has_cuda_residual_bottleneck<ResidualBottleneck<Rank, Mlp<H, silu>, IdentityPath, FwdWire, BwdWire, SideInfo>> =
+        ops::cuda_detail_wire::CudaInt8Wire<FwdWire> && ops::cuda_detail_wire::CudaWire<BwdWire> && H % 32 == 0 &&
+        Rank::value <= ops::cuda_detail_wire::kFusedMaxRank && H * Rank::value * 2 <= 32768;
+
 template <class Rank, int H, class IdentityPath, class FwdWire, class BwdWire, class SideInfo>
 struct CudaResidualBottleneck<ResidualBottleneck<Rank, Mlp<H, silu>, IdentityPath, FwdWire, BwdWire, SideInfo>> {
   using Codec = ResidualBottleneck<Rank, Mlp<H, silu>, IdentityPath, FwdWire, BwdWire, SideInfo>;

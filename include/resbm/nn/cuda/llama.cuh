@@ -25,7 +25,6 @@
 #include "resbm/core/rng.hpp"
 #include "resbm/cuda.cuh"
 #include "resbm/nn/llama.hpp"
-#include "resbm/optim/adamw.hpp"
 
 namespace resbm::nn {
 
@@ -49,33 +48,6 @@ struct CudaLlamaActivations {
 };
 
 namespace cuda_detail_llama {
-
-// Deterministic Σ g² over a flat fp32 array: fixed grid, each block writes one partial, one
-// block adds the partials in order (double), so the norm does not vary from run to run.
-constexpr int kNormBlocks = 1024, kNormThreads = 256;
-
-__global__ void sumsq_partial(double* __restrict__ partial, const float* __restrict__ g, int64_t n) {
-  __shared__ double sh[kNormThreads];
-  double s = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const double x = g[i];
-    s += x * x;
-  }
-  sh[threadIdx.x] = s;
-  __syncthreads();
-  for (int o = kNormThreads / 2; o > 0; o >>= 1) {
-    if (int(threadIdx.x) < o) sh[threadIdx.x] += sh[threadIdx.x + o];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
-}
-
-__global__ void sumsq_final(double* __restrict__ out, const double* __restrict__ partial, int n) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  double s = 0;
-  for (int i = 0; i < n; ++i) s += partial[i];
-  *out = s;
-}
 
 // How nn::Block::init and nn::Llama::init draw an entry, from its name and kind: gains are
 // 1, the two projections that write the residual stream use 0.02/sqrt(2·layers), the rest
@@ -253,6 +225,9 @@ class CudaLlama {
   CudaTensor<bf16> input_grad(CudaLlamaActivations& s) const {
     return s.dres.view({s.batch * c_.seq_len, c_.d_model});
   }
+  // Where a caller may write dL/d output(s) for backward(s, output_grad(s).data) without a
+  // copy: the residual gradient buffer that the backward starts from.
+  CudaTensor<bf16> output_grad(CudaLlamaActivations& s) const { return input_grad(s); }
 
   // Head slices start from the mean loss scaled by loss_scale; others from dout = dL/d
   // output(s) (device, bf16 [N, C]). Parameter gradients accumulate (+=) into grads().
@@ -275,8 +250,9 @@ class CudaLlama {
                             CudaTensor<const float>(s.rstd.data(), {N}));
     } else {
       RESBM_CHECK(dout != nullptr, "backward of a slice without the head needs dout", "pass dL/d output(s)");
-      RESBM_CUDA_CHECK(cudaMemcpyAsync(s.dres.data(), dout, size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice,
-                                       ctx.stream));
+      if (dout != s.dres.data())  // a codec may have written it in place (output_grad)
+        RESBM_CUDA_CHECK(cudaMemcpyAsync(s.dres.data(), dout, size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                         ctx.stream));
     }
     for (size_t i = blocks_.size(); i-- > 0;) {
       const bf16* x = i == 0 ? s.input.data() : s.outs[i - 1].data();
@@ -288,16 +264,8 @@ class CudaLlama {
 
   // ‖grads‖₂ over the whole arena (deterministic; synchronises).
   double grad_norm() {
-    using namespace cuda_detail_llama;
-    auto* partial = static_cast<double*>(ctx_->scratch((kNormBlocks + 1) * sizeof(double)));
-    sumsq_partial<<<kNormBlocks, kNormThreads, 0, ctx_->stream>>>(partial, grads_.data(), int64_t(n_));
-    RESBM_CUDA_LAUNCH_CHECK();
-    sumsq_final<<<1, 32, 0, ctx_->stream>>>(partial + kNormBlocks, partial, kNormBlocks);
-    RESBM_CUDA_LAUNCH_CHECK();
-    double sq = 0;
-    RESBM_CUDA_CHECK(cudaMemcpyAsync(&sq, partial + kNormBlocks, sizeof(double), cudaMemcpyDeviceToHost, ctx_->stream));
-    ctx_->synchronize();
-    return std::sqrt(sq);
+    const CudaTensor<const float> g(grads_.data(), {int64_t(n_)});
+    return std::sqrt(ops::sum_squares(*ctx_, std::span(&g, 1)));
   }
 
  private:
@@ -476,61 +444,5 @@ class CudaLlama {
   DeviceBuffer<bf16> dln_, datt_, dqkv_, dh_, dgu_, dlogits_;
   int64_t scratch_batch_ = 0;
 };
-
-// optim::AdamW on the GPU over a CudaLlama's flat arrays: the same update, the same
-// decoupled decay (none for gains), fp32 m and v in the arena layout; refreshes the bf16
-// weights. Entries are grouped into runs of equal decay, one launch per run (padding
-// between entries stays 0: zero gradient, zero state, zero weight).
-class CudaAdamW {
- public:
-  CudaAdamW(CudaContext& ctx, const CudaLlama& model, optim::AdamWConfig cfg = {}) : ctx_(&ctx), cfg_(cfg) {
-    optim::validate(cfg_);
-    const size_t n = model.size();
-    m_.resize(n);
-    v_.resize(n);
-    m_.zero(ctx.stream);
-    v_.zero(ctx.stream);
-    for (const ParamInfo& p : model.layout().infos()) {
-      const bool decay = optim::decays(p.kind);
-      const size_t end = p.offset + (p.numel + 15) / 16 * 16;
-      if (!runs_.empty() && runs_.back().decay == decay && runs_.back().end == p.offset) runs_.back().end = end;
-      else runs_.push_back({p.offset, end, decay});
-    }
-  }
-
-  // grad_scale multiplies the gradients first (the clipping coefficient).
-  void step(CudaLlama& model, float lr_scale, float grad_scale = 1.0f) {
-    optim::check_lr_scale(lr_scale);
-    ++steps_;
-    for (const Run& r : runs_) {
-      const int64_t n = int64_t(r.end - r.begin);
-      ops::CudaAdamWStep s{cfg_.lr * lr_scale, cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f,
-                           steps_, grad_scale};
-      ops::adamw_update(*ctx_, CudaTensor<float>(model.params() + r.begin, {n}),
-                        CudaTensor<bf16>(model.params_bf16() + r.begin, {n}),
-                        CudaTensor<const float>(model.grads() + r.begin, {n}), CudaTensor<float>(m_.data() + r.begin, {n}),
-                        CudaTensor<float>(v_.data() + r.begin, {n}), s);
-    }
-  }
-
-  int64_t steps() const { return steps_; }
-
- private:
-  struct Run {
-    size_t begin, end;
-    bool decay;
-  };
-  CudaContext* ctx_;
-  optim::AdamWConfig cfg_;
-  DeviceBuffer<float> m_, v_;
-  std::vector<Run> runs_;
-  int64_t steps_ = 0;
-};
-
-// PyTorch's clip_grad_norm_ coefficient, as optim::clip_grad_norm: 1 unless norm > max_norm.
-inline float clip_coefficient(double norm, double max_norm) {
-  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) return float(max_norm / (norm + 1e-6));
-  return 1.0f;
-}
 
 }  // namespace resbm::nn

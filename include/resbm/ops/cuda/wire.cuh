@@ -25,8 +25,8 @@
 // cannot throw, so each launch takes a CudaWireStatus: the kernels atomicMin the flattened
 // index of any bad value into it (so the report names the first bad value, as the CPU's
 // sequential loop does), and status.check(ctx) reads it back (it synchronises the stream)
-// and throws. Until then the launch is asynchronous; the bytes of a failed encode are
-// unspecified. One status holds one launch: check() before launching with it again.
+// and throws (collect(), one sync, raise() check many statuses at once). Until then the
+// launch is asynchronous; the bytes of a failed encode are unspecified. One status holds one launch: check() before launching with it again.
 //
 // Kernels (all grid-stride, one launch each):
 // - int8 encode/decode, groups of a power of two G with VEC <= G <= 32·VEC (VEC = 4 fp32 or
@@ -45,6 +45,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 
@@ -63,12 +64,15 @@ class CudaWireStatus {
  public:
   CudaWireStatus() : first_bad_(1) {
     first_bad_.fill_bytes(0xff);  // no bad index; the legacy stream orders it before later work
+    void* host = nullptr;
+    RESBM_CUDA_CHECK(cudaMallocHost(&host, sizeof(unsigned long long)));
+    read_.reset(static_cast<unsigned long long*>(host));
     RESBM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   // Called by each wire launch (after its argument checks): remembers how to word the error.
   unsigned long long* arm(const char* wire, int64_t width, bool decoding) {
-    RESBM_CHECK(!armed_,
+    RESBM_CHECK(!armed_ && !collected_,
                 cat("CudaWireStatus still holds the unchecked outcome of a ", wire_,
                     decoding_ ? " decode" : " encode"),
                 "call status.check(ctx) after each wire encode or decode before reusing the status, "
@@ -83,12 +87,26 @@ class CudaWireStatus {
   // Waits for ctx.stream, resets the flag; throws the CPU wire's Error if the launch met a
   // bad value.
   void check(CudaContext& ctx) {
+    collect(ctx);
+    ctx.synchronize();
+    raise();
+  }
+
+  // check() in two halves, so that many statuses cost one synchronisation: collect() on
+  // each (queues the read-back into pinned memory and the reset on ctx.stream), then
+  // ctx.synchronize(), then raise() on each.
+  void collect(CudaContext& ctx) {
     if (!armed_) return;
     armed_ = false;
-    unsigned long long bad = 0;
-    RESBM_CUDA_CHECK(cudaMemcpyAsync(&bad, first_bad_.data(), sizeof bad, cudaMemcpyDeviceToHost, ctx.stream));
+    collected_ = true;
+    RESBM_CUDA_CHECK(
+        cudaMemcpyAsync(read_.get(), first_bad_.data(), sizeof(unsigned long long), cudaMemcpyDeviceToHost, ctx.stream));
     first_bad_.fill_bytes(0xff, ctx.stream);
-    ctx.synchronize();
+  }
+  void raise() {
+    if (!collected_) return;
+    collected_ = false;
+    const unsigned long long bad = *read_;
     if (bad == ~0ull) return;
     if (decoding_) codec::wire_detail::corrupt(wire_, int64_t(bad), width_);
     codec::wire_detail::non_finite(wire_, int64_t(bad), width_);
@@ -97,8 +115,12 @@ class CudaWireStatus {
   bool armed() const { return armed_; }
 
  private:
+  struct FreeHost {
+    void operator()(unsigned long long* p) const { cudaFreeHost(p); }
+  };
   DeviceBuffer<unsigned long long> first_bad_;
-  bool armed_ = false, decoding_ = false;
+  std::unique_ptr<unsigned long long, FreeHost> read_;  // pinned: the copy stays asynchronous
+  bool armed_ = false, collected_ = false, decoding_ = false;
   const char* wire_ = "";
   int64_t width_ = 0;
 };

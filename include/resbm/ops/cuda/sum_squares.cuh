@@ -1,0 +1,60 @@
+#pragma once
+// Σ x² over one or more flat fp32 arrays, in double, deterministic: a fixed grid per array,
+// each block writes one partial, and one warp adds all partials in a fixed order, so the
+// result does not vary from run to run. One read-back (synchronises): the global-norm clip
+// of a model, or of every stage and codec half of a pipeline, costs one round trip.
+#include <cmath>
+#include <span>
+
+#include "resbm/ops/cuda/common.cuh"
+
+namespace resbm::ops {
+
+namespace cuda_detail_sumsq {
+constexpr int kBlocks = 1024, kThreads = 256;
+
+__global__ void partial(double* __restrict__ out, const float* __restrict__ x, int64_t n) {
+  __shared__ double sh[kThreads];
+  double s = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const double v = x[i];
+    s += v * v;
+  }
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = kThreads / 2; o > 0; o >>= 1) {
+    if (int(threadIdx.x) < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = sh[0];
+}
+
+// One warp: lane l adds partials l, l+32, ... in order, then a fixed butterfly.
+__global__ void final_sum(double* __restrict__ out, const double* __restrict__ partials, int n) {
+  double s = 0;
+  for (int i = int(threadIdx.x); i < n; i += 32) s += partials[i];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x == 0) *out = s;
+}
+}  // namespace cuda_detail_sumsq
+
+inline double sum_squares(CudaContext& ctx, std::span<const CudaTensor<const float>> arrays) {
+  using namespace cuda_detail_sumsq;
+  const size_t k = arrays.size();
+  auto* partials = static_cast<double*>(ctx.scratch((k * kBlocks + 1) * sizeof(double)));
+  size_t i = 0;
+  for (const CudaTensor<const float>& a : arrays) {
+    partial<<<kBlocks, kThreads, 0, ctx.stream>>>(partials + i * kBlocks, a.data, a.numel());
+    RESBM_CUDA_LAUNCH_CHECK();
+    ++i;
+  }
+  final_sum<<<1, 32, 0, ctx.stream>>>(partials + k * kBlocks, partials, int(k * kBlocks));
+  RESBM_CUDA_LAUNCH_CHECK();
+  double sq = 0;
+  RESBM_CUDA_CHECK(cudaMemcpyAsync(&sq, partials + k * kBlocks, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
+  ctx.synchronize();
+  return sq;
+}
+
+}  // namespace resbm::ops
