@@ -12,27 +12,12 @@
 #include "resbm/nn/llama.hpp"
 #include "resbm/optim/adamw.hpp"
 #include "resbm/optim/clip.hpp"
-#include "support/catch.hpp"
+#include "cuda/support.cuh"
 
 using namespace resbm;
+using namespace resbm::test;
 
 namespace {
-
-struct GpuGate {
-  GpuGate() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-      std::printf("no CUDA device: skipped\n");
-      std::fflush(stdout);
-      std::_Exit(77);
-    }
-  }
-} gpu_gate;
-
-CudaContext& ctx() {
-  static CudaContext c(0);
-  return c;
-}
 
 nn::LlamaConfig tiny() {
   nn::LlamaConfig c;
@@ -55,17 +40,6 @@ void make_batch(int step, int64_t n, int vocab, std::vector<int32_t>& tok, std::
   }
   tok.assign(s.begin(), s.end() - 1);
   tgt.assign(s.begin() + 1, s.end());
-}
-
-double rel_err(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    const double d = double(a[i]) - double(b[i]);
-    num += d * d;
-    den += double(b[i]) * double(b[i]);
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
 }  // namespace

@@ -14,104 +14,21 @@
 #include "resbm/cuda.cuh"
 #include "resbm/ops/cpu/ops.hpp"
 #include "resbm/optim/adamw.hpp"
-#include "support/catch.hpp"
+#include "cuda/support.cuh"
 
 using namespace resbm;
+using namespace resbm::test;
 
 namespace {
 
-// No GPU (CI): leave before Catch2 starts, with the code ctest reports as skipped.
-struct GpuGate {
-  GpuGate() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-      std::printf("no CUDA device: skipped\n");
-      std::fflush(stdout);
-      std::_Exit(77);
-    }
-  }
-} gpu_gate;
-
-CudaContext& ctx() {
-  static CudaContext c(0);
-  return c;
-}
-Context& host() {
-  static Context c(0);
-  return c;
-}
-
-uint64_t next_stream() {
-  static uint64_t s = 1000;
-  return s++;
-}
-
-// Fresh normal(0, scale) values, rounded to bf16 so host and device see the same inputs.
-std::vector<float> randn(size_t n, float scale = 1.0f) {
-  const uint64_t s = next_stream();
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = round_bf16(scale * Philox::normal(0x5eed, s, i));
-  return v;
-}
-std::vector<int32_t> rand_ids(size_t n, int32_t V) {
-  const uint64_t s = next_stream();
-  std::vector<int32_t> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = int32_t(Philox::bits64(0x5eed, s, i) % uint64_t(V));
-  return v;
-}
-
-std::vector<bf16> to_bf16(const std::vector<float>& f) {
-  std::vector<bf16> b(f.size());
-  for (size_t i = 0; i < f.size(); ++i) b[i] = bf16::from_float(f[i]);
-  return b;
-}
-std::vector<float> to_float(const std::vector<bf16>& b) {
-  std::vector<float> f(b.size());
-  for (size_t i = 0; i < b.size(); ++i) f[i] = b[i].to_float();
-  return f;
-}
-
-template <class T>
-DeviceBuffer<T> upload(const std::vector<T>& h) {
-  DeviceBuffer<T> d(h.size());
-  d.from_host(h.data(), h.size());
-  return d;
-}
-DeviceBuffer<bf16> upload_bf16(const std::vector<float>& h) { return upload(to_bf16(h)); }
-template <class T>
-DeviceBuffer<T> poisoned(size_t n) {
-  DeviceBuffer<T> d(n);
-  d.fill_bytes(0xff);  // NaN as float and as bf16
-  return d;
-}
-std::vector<float> download(const DeviceBuffer<bf16>& d) {
-  ctx().synchronize();
-  return to_float(d.to_host());
-}
-std::vector<float> download(const DeviceBuffer<float>& d) {
-  ctx().synchronize();
-  return d.to_host();
-}
-
-// ‖a − b‖ / ‖b‖ in double; infinite when a holds a NaN or an infinity. References whose
-// RMS is below 1e-4 (inputs are unit normals) count as zero: at T = 1 the exact dq and dk
-// are 0, the CPU's rounding leaves ~1e-8 and the GPU's fp32 ~5e-8 there, and a relative
-// error against rounding noise says nothing about the kernel.
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    const double d = double(a[i]) - double(b[i]);
-    num += d * d;
-    den += double(b[i]) * double(b[i]);
-  }
-  return std::sqrt(num / std::max(den, double(a.size()) * 1e-8));
-}
+// Below this mean square (inputs are unit normals: RMS 1e-4) a reference counts as zero: at
+// T = 1 the exact dq and dk are 0, the CPU's rounding leaves ~1e-8 and the GPU's fp32 ~5e-8
+// there, and a relative error against rounding noise says nothing about the kernel.
+constexpr double kNoise = 1e-8;
 
 #define CHECK_REL(out, ref, bound)                                                          \
   do {                                                                                      \
-    const double e_ = rel_err(out, ref);                                                    \
+    const double e_ = rel_err(out, ref, kNoise);                                            \
     std::printf("  %-46s rel err %.3e (bound %.0e)\n", #out, e_, double(bound));             \
     CHECK(e_ < (bound));                                                                    \
   } while (0)
@@ -467,7 +384,7 @@ TEST_CASE("cuda attention backward: deterministic path repeats bitwise, single p
     CHECK(diff == 0);
   }
   for (int i = 0; i < 3; ++i) {
-    const double e = rel_err(to_float(g[2][i]), to_float(g[0][i]));
+    const double e = rel_err(to_float(g[2][i]), to_float(g[0][i]), kNoise);
     std::printf("  single pass vs deterministic, %s: rel err %.3e\n", i == 0 ? "dq" : i == 1 ? "dk" : "dv", e);
     CHECK(e < 5e-3);
   }

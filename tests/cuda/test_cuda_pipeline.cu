@@ -16,11 +16,11 @@
 #include "resbm/optim/adamw.hpp"
 #include "resbm/pipeline/cuda/local.cuh"
 #include "resbm/pipeline/local.hpp"
-#include "support/catch.hpp"
-#include "support/errors.hpp"
+#include "cuda/support.cuh"
 #include "support/pipeline_fixtures.hpp"
 
 using namespace resbm;
+using namespace resbm::test;
 using codec::presets::DenseBf16;
 using codec::presets::Resbm;
 
@@ -32,22 +32,6 @@ static_assert(!codec::HasCudaHalves<codec::presets::ResbmLinear<8>>);    // Line
 static_assert(!codec::HasCudaHalves<codec::presets::SubspaceInt8<8>>);   // no GPU halves
 
 namespace {
-
-struct GpuGate {
-  GpuGate() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-      std::printf("no CUDA device: skipped\n");
-      std::fflush(stdout);
-      std::_Exit(77);
-    }
-  }
-} gpu_gate;
-
-CudaContext& ctx() {
-  static CudaContext c(0);
-  return c;
-}
 
 // vocab 64, d 128, 4 layers, head_dim 64, seq 64
 nn::LlamaConfig tiny() {

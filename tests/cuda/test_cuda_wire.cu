@@ -18,39 +18,16 @@
 
 #include "resbm/core/rng.hpp"
 #include "resbm/ops/cuda/wire.cuh"
-#include "support/catch.hpp"
+#include "cuda/support.cuh"
 
 using namespace resbm;
+using namespace resbm::test;
 using codec::Bf16Wire;
 using codec::Int8Grouped;
 using codec::Int8PerToken;
 using ops::CudaWireStatus;
 
 namespace {
-
-struct GpuGate {
-  GpuGate() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-      std::printf("no CUDA device: skipped\n");
-      std::fflush(stdout);
-      std::_Exit(77);
-    }
-  }
-} gpu_gate;
-
-CudaContext& ctx() {
-  static CudaContext c(0);
-  return c;
-}
-
-uint64_t next_stream() {
-  static uint64_t s = 7000;
-  return s++;
-}
-
-constexpr int kGuard = 64;
-constexpr std::byte kPoison{0x80};
 
 // A fresh payload: per-token scales 10^[-3, 3], an outlier (x1000) every 37th value, and
 // stretches of 256 values (by flattened index / 256 mod 8): 3 exact ties at scale 1 (every
@@ -86,36 +63,10 @@ std::vector<float> wire_input(int64_t tokens, int64_t width, bool bf16_values) {
 
 template <class T>
 std::vector<T> as(const std::vector<float>& f) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float>)
     return f;
-  } else {
-    std::vector<bf16> b(f.size());
-    for (size_t i = 0; i < f.size(); ++i) b[i] = bf16::from_float(f[i]);
-    return b;
-  }
-}
-
-template <class T>
-DeviceBuffer<T> upload(const std::vector<T>& h, size_t extra = 0) {
-  DeviceBuffer<T> d(h.size() + extra + 1);  // never empty
-  d.fill_bytes(0xff);
-  d.from_host(h.data(), h.size());
-  return d;
-}
-
-DeviceBuffer<std::byte> poisoned_wire(size_t bytes) {
-  DeviceBuffer<std::byte> d(bytes + kGuard);
-  d.fill_bytes(int(kPoison));
-  return d;
-}
-
-// Index of the first differing byte, or -1; the guard must still hold the poison.
-int64_t first_diff(const std::vector<std::byte>& got, const std::vector<std::byte>& want) {
-  for (size_t i = 0; i < want.size(); ++i)
-    if (got[i] != want[i]) return int64_t(i);
-  for (size_t i = want.size(); i < got.size(); ++i)
-    if (got[i] != kPoison) return int64_t(i);
-  return -1;
+  else
+    return to_bf16(f);
 }
 
 template <class W>
@@ -131,17 +82,6 @@ const char* type_label() {
   return std::is_same_v<T, float> ? "fp32" : "bf16";
 }
 
-// The message the CPU wire throws for this input, or "" if it accepts it.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // GPU encode and decode of one [tokens, width] payload against the CPU, byte for byte.
 // `offset` elements shift the input off 16-byte alignment (the scalar fallback path).
 template <class W, class T>
@@ -154,7 +94,7 @@ void check_round_trip(int64_t tokens, int64_t width, int64_t offset = 0) {
 
   std::vector<T> xt = as<T>(x);
   xt.insert(xt.begin(), size_t(offset), T{});
-  auto d_x = upload(xt);
+  auto d_x = upload(xt, 1);  // one past the end: never empty, at 0 tokens or width 0
   auto wire = poisoned_wire(bytes);
   CudaWireStatus status;
   ops::wire_encode<W, T>(ctx(), status, CudaTensor<const T>(d_x.data() + offset, {tokens, width}),
@@ -171,8 +111,7 @@ void check_round_trip(int64_t tokens, int64_t width, int64_t offset = 0) {
   W::decode(ref.data(), tokens, width, y_ref.data());
   auto d_wire = poisoned_wire(bytes);
   d_wire.from_host(ref.data(), ref.size());
-  DeviceBuffer<T> y(size_t(n) + size_t(offset) + 1);
-  y.fill_bytes(0xff);
+  auto y = poisoned<T>(size_t(n) + size_t(offset) + 1);
   ops::wire_decode<W, T>(ctx(), status, d_wire.view({int64_t(d_wire.size())}),
                          CudaTensor<T>(y.data() + offset, {tokens, width}));
   status.check(ctx());
@@ -233,7 +172,7 @@ TEST_CASE("cuda wire: a non-finite input is the CPU's Error") {
     ops::wire_encode<W, T>(ctx(), status, CudaTensor<const T>(d_x.data(), {tokens, width}), wire.view({int64_t(wire.size())}));
     const std::string got = error_of([&] { status.check(ctx()); });
     std::printf("  %-20s %s: %s\n", wire_label<W>().c_str(), type_label<T>(), got.c_str());
-    CHECK(!want.empty());
+    CHECK(want != "<no error>");
     CHECK(got == want);
     CHECK(!status.armed());  // usable again after the throw
   };
@@ -269,7 +208,7 @@ TEST_CASE("cuda wire: a payload that decodes to a non-finite value is the CPU's 
         ops::wire_decode<W, float>(ctx(), status, d_wire.view({int64_t(d_wire.size())}), yf.view({tokens, width}));
       const std::string got = error_of([&] { status.check(ctx()); });
       std::printf("  %-20s -> %s: %s\n", wire_label<W>().c_str(), as_bf16 ? "bf16" : "fp32", got.c_str());
-      CHECK(!want.empty());
+      CHECK(want != "<no error>");
       CHECK(got == want);
     }
   };
@@ -323,8 +262,7 @@ void check_fused(int64_t N, int64_t H, int64_t r, int64_t d_resid) {
   auto d_act = upload(as<bf16>(act)), d_w = upload(as<bf16>(w)), d_res = upload(as<bf16>(res));
   const size_t bytes = W::bytes(N, r);
   auto wire = poisoned_wire(bytes), wire2 = poisoned_wire(bytes);
-  DeviceBuffer<float> z(size_t(N * r) + 1);
-  z.fill_bytes(0xff);
+  auto z = poisoned<float>(size_t(N * r) + 1);
   CudaTensor<const bf16> resid = d_resid ? CudaTensor<const bf16>(d_res.data(), {N, d_resid}) : CudaTensor<const bf16>{};
   CudaWireStatus status;
   ops::fused_linear_encode<W>(ctx(), status, d_act.view({N, H}), d_w.view({r, H}), resid, wire.view({int64_t(wire.size())}),
@@ -399,6 +337,6 @@ TEST_CASE("cuda fused encoder output: a non-finite z is the CPU's Error") {
                                             wire.view({int64_t(wire.size())}));
   const std::string got = error_of([&] { status.check(ctx()); });
   std::printf("  fused: %s\n", got.c_str());
-  CHECK(!want.empty());
+  CHECK(want != "<no error>");
   CHECK(got == want);
 }

@@ -1,0 +1,162 @@
+#pragma once
+// What the CUDA tests share. Including this is what makes a CUDA test skip (exit 77) where
+// there is no GPU, so a test cannot leave the gate out. Inputs are bf16-rounded Philox draws
+// so that host references and kernels read the same values; outputs are poisoned (NaN, or
+// 0x80 wire bytes with a guard past the end) so that an element a kernel never writes fails.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
+
+#include "resbm/core/context.hpp"
+#include "resbm/core/dtype.hpp"
+#include "resbm/core/rng.hpp"
+#include "resbm/ops/cuda/context.cuh"
+#include "support/catch.hpp"
+#include "support/errors.hpp"
+
+namespace resbm::test {
+
+// Leaves before Catch2 starts, with the code ctest reports as skipped (CI has no GPU).
+struct GpuGate {
+  GpuGate() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+      std::printf("no CUDA device: skipped\n");
+      std::fflush(stdout);
+      std::_Exit(77);
+    }
+  }
+};
+inline const GpuGate gpu_gate;
+
+// One device context for the whole executable: plans and scratch are reused across tests.
+inline CudaContext& ctx() {
+  static CudaContext c(0);
+  return c;
+}
+inline Context& host() {
+  static Context c(0);
+  return c;
+}
+
+// Each draw takes a fresh Philox stream, so no two inputs of a run are correlated.
+inline uint64_t next_stream() {
+  static uint64_t s = 1000;
+  return s++;
+}
+
+// normal(shift, scale) values, rounded to bf16 so host and device see the same inputs.
+inline std::vector<float> randn(size_t n, float scale = 1.0f, float shift = 0.0f) {
+  const uint64_t s = next_stream();
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = round_bf16(shift + scale * Philox::normal(0x5eed, s, i));
+  return v;
+}
+inline std::vector<int32_t> rand_ids(size_t n, int32_t V) {
+  const uint64_t s = next_stream();
+  std::vector<int32_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = int32_t(Philox::bits64(0x5eed, s, i) % uint64_t(V));
+  return v;
+}
+
+inline std::vector<bf16> to_bf16(const std::vector<float>& f) {
+  std::vector<bf16> b(f.size());
+  for (size_t i = 0; i < f.size(); ++i) b[i] = bf16::from_float(f[i]);
+  return b;
+}
+inline std::vector<float> to_float(const std::vector<bf16>& b) {
+  std::vector<float> f(b.size());
+  for (size_t i = 0; i < b.size(); ++i) f[i] = b[i].to_float();
+  return f;
+}
+
+// h, followed by `extra` poisoned (0xff) elements: slack a kernel must not read as data,
+// or what keeps the buffer from being empty (a null pointer) when h is.
+template <class T>
+DeviceBuffer<T> upload(const std::vector<T>& h, size_t extra = 0) {
+  DeviceBuffer<T> d(h.size() + extra);
+  if (extra) d.fill_bytes(0xff);
+  d.from_host(h.data(), h.size());
+  return d;
+}
+inline DeviceBuffer<bf16> upload_bf16(const std::vector<float>& h) { return upload(to_bf16(h)); }
+
+template <class T>
+DeviceBuffer<T> poisoned(size_t n) {
+  DeviceBuffer<T> d(n);
+  d.fill_bytes(0xff);  // NaN as float and as bf16
+  return d;
+}
+
+// The first n elements at p (device memory, float or bf16) as floats, after ctx()'s work.
+template <class T>
+std::vector<float> download(const T* p, size_t n) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>);
+  ctx().synchronize();
+  std::vector<T> h(n);
+  if (n) RESBM_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  if constexpr (std::is_same_v<T, float>)
+    return h;
+  else
+    return to_float(h);
+}
+template <class T>
+std::vector<float> download(const DeviceBuffer<T>& d, size_t n) {
+  REQUIRE(n <= d.size());
+  return download(d.data(), n);
+}
+template <class T>
+std::vector<float> download(const DeviceBuffer<T>& d) {
+  return download(d.data(), d.size());
+}
+
+// ‖a − b‖ / ‖b‖ in double; infinite when a holds a NaN or an infinity. ‖b‖² is taken as at
+// least n · min_ms, since a relative error against a reference that is only rounding noise
+// says nothing about a kernel; with min_ms 0, an all-zero reference gives ‖a − b‖.
+inline double rel_err(const float* a, const float* b, size_t n, double min_ms = 0) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  den = std::max(den, double(n) * min_ms);
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+inline double rel_err(const std::vector<float>& a, const std::vector<float>& b, double min_ms = 0) {
+  REQUIRE(a.size() == b.size());
+  return rel_err(a.data(), b.data(), a.size(), min_ms);
+}
+
+// Wire buffers: 0x80 is never a code (codes are in [-127, 127]) and 0x80808080 is a
+// negative scale, so poisoned bytes left in place cannot pass for a payload; the guard of
+// kGuard bytes past the payload catches overruns.
+inline constexpr size_t kGuard = 64;
+inline constexpr std::byte kPoison{0x80};
+inline DeviceBuffer<std::byte> poisoned_wire(size_t bytes) {
+  DeviceBuffer<std::byte> d(bytes + kGuard);
+  d.fill_bytes(int(kPoison));
+  return d;
+}
+inline std::vector<std::byte> download_bytes(const DeviceBuffer<std::byte>& d) {
+  ctx().synchronize();
+  return d.to_host();
+}
+// Index of the first byte of got that differs from want, or past want's bytes no longer
+// holds the poison; -1 where there is none.
+inline int64_t first_diff(const std::vector<std::byte>& got, const std::vector<std::byte>& want) {
+  REQUIRE(got.size() >= want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    if (got[i] != want[i]) return int64_t(i);
+  for (size_t i = want.size(); i < got.size(); ++i)
+    if (got[i] != kPoison) return int64_t(i);
+  return -1;
+}
+
+}  // namespace resbm::test
