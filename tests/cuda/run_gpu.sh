@@ -22,7 +22,9 @@ step test 200 $T
 step ctest 200 ctest --test-dir build-gpu -L cuda --output-on-failure
 step memcheck 240 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 $T
 step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 9 $T
-step repeat 120 bash -c "for i in 1 2 3; do $T | grep 'rel err' | md5sum; done"
+# attention's default backward adds dq with atomics (varies by design; its own test checks the
+# deterministic path repeats bitwise), so the repeat leaves the attention cases out
+step repeat 120 bash -c "for i in 1 2 3; do $T '~*attention*' | grep 'rel err' | md5sum; done"
 step bench 150 build-gpu/bench_kernels_cuda 20
 echo "== test (rel errors) =="; grep -E "rel err|^(matmul|embedding|rmsnorm|cross|attention) |FAILED|failed|passed|REQUIRE|CHECK\(" "$OUT/test.log" | head -150
 echo "== sanitizers =="; grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|test cases" "$OUT/memcheck.log" "$OUT/racecheck.log"

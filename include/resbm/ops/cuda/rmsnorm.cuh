@@ -5,7 +5,8 @@
 //             (bf16, ACCUMULATED as in the CPU contract: dinp is the residual stream's
 //             gradient), and dweight[C] += Σ_n dout · inp · rstd (fp32).
 // One warp per row. dweight is reduced deterministically: fixed chunks of rows write
-// partial column sums into the context's scratch, a second kernel adds them in order.
+// partial column sums into the context's scratch, a second kernel adds them in order. With
+// 16-byte rows of up to 2048 columns the backward is one fused pass plus that reduce.
 #include <initializer_list>
 
 #include "resbm/ops/cuda/common.cuh"
@@ -120,6 +121,79 @@ __global__ void bwd_inp8(bf16* __restrict__ dinp, const bf16* __restrict__ dout,
   }
 }
 
+// bwd_inp8 and the dweight partials in one pass: each warp owns kFusedRows consecutive
+// rows and keeps its lanes' column sums of dout · inp · rstd in registers (K packs of 8
+// columns a lane, C <= 256·K, K <= 8: up to 2048 columns at 128 registers); the block adds
+// its warps' sums in warp order in shared memory and writes one partial row, so dout and
+// inp are read from memory once and the result does not depend on scheduling.
+constexpr int kFusedRows = 4;  // rows per warp: 32 rows per block, 512 blocks at 16k rows
+
+template <int K>
+__global__ void bwd_fused8(bf16* __restrict__ dinp, float* __restrict__ partial, const bf16* __restrict__ dout,
+                           const bf16* __restrict__ inp, const bf16* __restrict__ weight,
+                           const float* __restrict__ rstd, int64_t N, int C) {
+  using namespace resbm::cuda_detail;
+  extern __shared__ float col[];  // [C]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, C8 = C / 8;
+  const auto* w = reinterpret_cast<const Pack8*>(weight);
+  float acc[K][8];
+#pragma unroll
+  for (int j = 0; j < K; ++j)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[j][e] = 0.0f;
+  const int64_t first = (int64_t(blockIdx.x) * kWarps + warp) * kFusedRows;
+  for (int64_t n = first; n < first + kFusedRows && n < N; ++n) {
+    const auto* x = reinterpret_cast<const Pack8*>(inp + n * C);
+    const auto* dy = reinterpret_cast<const Pack8*>(dout + n * C);
+    float dot = 0;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int c = lane + 32 * j;
+      if (c >= C8) break;
+      float a[8], b[8], g[8];
+      unpack8(dy[c], a);
+      unpack8(w[c], g);
+      unpack8(x[c], b);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dot += a[e] * g[e] * b[e];
+    }
+    dot = warp_sum(dot);
+    const float r = rstd[n];
+    const float k = r * r * dot / float(C);
+    auto* dx = reinterpret_cast<Pack8*>(dinp + n * C);
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int c = lane + 32 * j;
+      if (c >= C8) break;
+      float a[8], b[8], g[8], d[8];
+      unpack8(dy[c], a);
+      unpack8(w[c], g);
+      unpack8(x[c], b);
+      unpack8(dx[c], d);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        d[e] += r * (a[e] * g[e] - b[e] * k);
+        acc[j][e] += a[e] * b[e] * r;
+      }
+      dx[c] = pack8(d);
+    }
+  }
+  for (int c = threadIdx.x; c < C; c += blockDim.x) col[c] = 0.0f;
+  for (int w8 = 0; w8 < kWarps; ++w8) {
+    __syncthreads();
+    if (warp != w8) continue;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int c = lane + 32 * j;
+      if (c >= C8) break;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) col[c * 8 + e] += acc[j][e];
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) partial[int64_t(blockIdx.x) * C + c] = col[c];
+}
+
 inline bool vec8(int64_t C, std::initializer_list<const void*> ptrs) {
   if (C % 8 != 0) return false;
   for (const void* p : ptrs)
@@ -181,6 +255,30 @@ inline void rmsnorm_backward(CudaContext& ctx, CudaTensor<bf16> dinp, CudaTensor
   expect_shape(dweight, {C}, "rmsnorm weight gradient");
   expect_shape(rstd, {N}, "rmsnorm rstd");
   if (N == 0 || C == 0) return;
+  const int K = int((C / 8 + 31) / 32);
+  if (vec8(C, {dinp.data, dout.data, inp.data, weight.data}) && K <= 8) {
+    const int rows = kWarps * kFusedRows, blocks = int((N + rows - 1) / rows);
+    auto* partial = static_cast<float*>(ctx.scratch(size_t(blocks) * size_t(C) * sizeof(float)));
+    const size_t shmem = size_t(C) * sizeof(float);
+    auto launch = [&](auto kernel) {
+      kernel<<<unsigned(blocks), kWarps * 32, shmem, ctx.stream>>>(dinp.data, partial, dout.data, inp.data,
+                                                                   weight.data, rstd.data, N, int(C));
+    };
+    switch (K) {
+      case 1: launch(bwd_fused8<1>); break;
+      case 2: launch(bwd_fused8<2>); break;
+      case 3: launch(bwd_fused8<3>); break;
+      case 4: launch(bwd_fused8<4>); break;
+      case 5: launch(bwd_fused8<5>); break;
+      case 6: launch(bwd_fused8<6>); break;
+      case 7: launch(bwd_fused8<7>); break;
+      default: launch(bwd_fused8<8>); break;
+    }
+    RESBM_CUDA_LAUNCH_CHECK();
+    bwd_weight_reduce<<<unsigned((C + 127) / 128), 128, 0, ctx.stream>>>(dweight.data, partial, blocks, int(C));
+    RESBM_CUDA_LAUNCH_CHECK();
+    return;
+  }
   if (vec8(C, {dinp.data, dout.data, inp.data, weight.data}))
     bwd_inp8<<<unsigned((N + kWarps - 1) / kWarps), kWarps * 32, 0, ctx.stream>>>(dinp.data, dout.data, inp.data,
                                                                                  weight.data, rstd.data, N, int(C));
