@@ -3,28 +3,18 @@
 # AdamW) on the same model, batch and byte vocabulary, plus a GEMM ceiling and the D2D
 # copy bandwidth, in one go on the GPU machine; and resbm as 4 pipeline stages in one process
 # with the resbm codec (rank 2) and the dense bf16 wire at the 3 boundaries, whose step time
-# against 1 stage is what the bottleneck costs. Logs under $OUT (or ./gpu-logs); a short
-# table last. Usage: benchmarks/gpu_compare.sh   (GPU_COMPARE_TESTS=0 skips the CUDA tests,
-# GPU_COMPARE_TORCH=0 the PyTorch runs, GPU_COMPARE_STAGES=0 the 4-stage runs; PY=... picks
-# the Python that has torch)
-set -u
-OUT=${OUT:-$PWD/gpu-logs}
+# against 1 stage is what the bottleneck costs; and the per-kernel times at (a)'s shapes
+# (bench_kernels_cuda) and the wire kernels' bandwidth against a same-size copy
+# (bench_wire_cuda). Logs under $OUT (or ./gpu-logs); a short table last.
+# Usage: benchmarks/gpu_compare.sh   (GPU_COMPARE_TESTS=0 skips the CUDA tests,
+# GPU_COMPARE_TORCH=0 the PyTorch runs, GPU_COMPARE_STAGES=0 the 4-stage runs,
+# GPU_COMPARE_KERNELS=0 the kernel benchmarks; PY=... picks the Python that has torch)
+source "$(dirname "$0")/cuda/gpu_steps.sh"
 PY=${PY:-/opt/torch/.venv/bin/python3}
 STEPS=${STEPS:-30}
-mkdir -p "$OUT"
-declare -a SUMMARY
-step() {  # step NAME TIMEOUT CMD...
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  SUMMARY+=("$(printf '%-16s rc=%-4s %4ss' "$name" "$rc" "$(( $(date +%s) - t0 ))")")
-  return $rc
-}
-nvidia-smi -L; nvcc --version | tail -1
-step configure 120 cmake -S . -B build-gpu -G Ninja -DRESBM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DRESBM_BUILD_BENCHMARKS=OFF || tail -30 "$OUT/configure.log"
+configure_gpu 120
 targets="resbm-train-cuda"
+[ "${GPU_COMPARE_KERNELS:-1}" = 1 ] && targets="$targets bench_kernels_cuda bench_wire_cuda"
 [ "${GPU_COMPARE_TESTS:-1}" = 1 ] && targets="$targets test_cuda_ops test_cuda_model test_cuda_pipeline"
 step build 400 ninja -C build-gpu $targets || grep -E "error" -A5 "$OUT/build.log" | head -60
 if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
@@ -45,9 +35,13 @@ if [ "${GPU_COMPARE_STAGES:-1}" = 1 ]; then
       --stages 4 --codec dense
   done
 fi
+if [ "${GPU_COMPARE_KERNELS:-1}" = 1 ]; then
+  step kernels 120 build-gpu/bench_kernels_cuda 20
+  step wire 120 build-gpu/bench_wire_cuda 20
+fi
 [ "${GPU_COMPARE_TORCH:-1}" = 1 ] && for m in eager compile; do
-  step torch_a_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --mode $m --steps 20
-  step torch_b_$m 300 "$PY" benchmarks/torch_gpu.py model --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --mode $m --steps 20
+  step torch_a_$m 200 "$PY" benchmarks/torch_gpu.py model --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --mode $m --steps 20
+  step torch_b_$m 200 "$PY" benchmarks/torch_gpu.py model --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --mode $m --steps 20
 done
 
 if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
@@ -56,7 +50,11 @@ if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
     "$OUT/test_ops.log" "$OUT/test_model.log" "$OUT/test_pipeline.log" | grep -vE "^  grad " | head -120
 fi
 echo "== resbm-train-cuda =="; grep -hE "^step|RESULT|error" "$OUT/resbm_a.log" "$OUT/resbm_b.log" | tail -20
-echo "== summary =="; printf '%s\n' "${SUMMARY[@]}"
+if [ "${GPU_COMPARE_KERNELS:-1}" = 1 ]; then
+  echo "== kernels (a) =="; sed -n '/^op (B=/,$p' "$OUT/kernels.log"
+  echo "== wire vs copy =="; tail -40 "$OUT/wire.log"
+fi
+summary
 echo "== table =="
 "$PY" - "$OUT" <<'EOF'
 import json, sys, glob, os

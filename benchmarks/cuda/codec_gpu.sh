@@ -5,21 +5,8 @@
 # (or ./gpu-logs); the table last. Usage: benchmarks/cuda/codec_gpu.sh
 #   (CODEC_REPS=50, CODEC_STEP_MS=28.9, CODEC_SANITIZE=0 skips memcheck, CODEC_NCU=1 adds
 #   ncu's duration of each kernel of one Resbm<CODEC_NCU_RANK=2> round)
-set -u
-OUT=${OUT:-$PWD/gpu-logs}
-mkdir -p "$OUT"
-declare -a SUMMARY
-step() {  # step NAME TIMEOUT CMD...
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  SUMMARY+=("$(printf '%-12s rc=%-4s %4ss' "$name" "$rc" "$(( $(date +%s) - t0 ))")")
-  return $rc
-}
-nvidia-smi -L; nvcc --version | tail -1
-step configure 90 cmake -S . -B build-gpu -G Ninja -DRESBM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DRESBM_BUILD_EXAMPLES=OFF -DRESBM_BUILD_BENCHMARKS=OFF || tail -30 "$OUT/configure.log"
+source "$(dirname "$0")/gpu_steps.sh"
+configure_gpu 90
 step build 300 ninja -C build-gpu -j16 test_cuda_codec bench_codec_cuda || grep -E "error" -A5 "$OUT/build.log" | head -60
 T=build-gpu/tests/test_cuda_codec
 step test 150 $T
@@ -54,5 +41,5 @@ for name, us in half:
 print(f"{sum(us for _, us in half):8.1f}  total of {len(half)} kernels")
 PY
 fi
-echo "== summary =="; printf '%s\n' "${SUMMARY[@]}"
+summary
 echo "== bench =="; cat "$OUT/bench.log"

@@ -4,21 +4,8 @@
 # whole test and racecheck of the fused kernel's cases, then the bandwidth table. Logs under
 # $OUT (or ./gpu-logs); the table last. Usage: benchmarks/cuda/wire_gpu.sh  (WIRE_REPS=30,
 # WIRE_SANITIZE=0 skips the sanitizers)
-set -u
-OUT=${OUT:-$PWD/gpu-logs}
-mkdir -p "$OUT"
-declare -a SUMMARY
-step() {  # step NAME TIMEOUT CMD...
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  SUMMARY+=("$(printf '%-12s rc=%-4s %4ss' "$name" "$rc" "$(( $(date +%s) - t0 ))")")
-  return $rc
-}
-nvidia-smi -L; nvcc --version | tail -1
-step configure 90 cmake -S . -B build-gpu -G Ninja -DRESBM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DRESBM_BUILD_EXAMPLES=OFF -DRESBM_BUILD_BENCHMARKS=OFF || tail -30 "$OUT/configure.log"
+source "$(dirname "$0")/gpu_steps.sh"
+configure_gpu 90
 step build 240 ninja -C build-gpu test_cuda_wire bench_wire_cuda || grep -E "error" -A5 "$OUT/build.log" | head -60
 T=build-gpu/tests/test_cuda_wire
 step test 120 $T
@@ -43,5 +30,5 @@ if [ "${WIRE_NCU:-0}" = 1 ]; then
   echo "== ncu =="; grep -hE "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall|L1/TEX Hit|L2 Hit|Executed Ipc A" \
     "$OUT"/ncu_*.log | head -60
 fi
-echo "== summary =="; printf '%s\n' "${SUMMARY[@]}"
+summary
 echo "== bench =="; sed -n '/^wire kernels/,$p' "$OUT/bench.log"; tail -3 "$OUT/bench.log"

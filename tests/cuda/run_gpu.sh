@@ -1,21 +1,8 @@
 #!/usr/bin/env bash
 # Build + test + sanitize + time the CUDA backend in one go on the GPU machine.
 # Logs under $OUT (or ./gpu-logs); a short table last. Usage: tests/cuda/run_gpu.sh
-set -u
-OUT=${OUT:-$PWD/gpu-logs}
-mkdir -p "$OUT"
-declare -a SUMMARY
-step() {  # step NAME TIMEOUT CMD...
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  SUMMARY+=("$(printf '%-12s rc=%-4s %4ss' "$name" "$rc" "$(( $(date +%s) - t0 ))")")
-  return $rc
-}
-nvidia-smi -L; nvcc --version | tail -1
-step configure 120 cmake -S . -B build-gpu -G Ninja -DRESBM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  -DRESBM_BUILD_EXAMPLES=OFF -DRESBM_BUILD_BENCHMARKS=OFF || { tail -30 "$OUT/configure.log"; }
+source "$(dirname "$0")/../../benchmarks/cuda/gpu_steps.sh"
+configure_gpu 120
 step build 300 ninja -C build-gpu test_cuda_ops bench_kernels_cuda || { grep -E "error" -A5 "$OUT/build.log" | head -60; }
 T=build-gpu/tests/test_cuda_ops
 step test 200 $T
@@ -31,4 +18,4 @@ echo "== sanitizers =="; grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|
 echo "== repeat (same rel errors each run?) =="; cat "$OUT/repeat.log"
 echo "== ctest =="; tail -4 "$OUT/ctest.log"
 echo "== bench =="; sed -n '/op (B=16/,$p' "$OUT/bench.log"
-echo "== summary =="; printf '%s\n' "${SUMMARY[@]}"
+summary
