@@ -41,7 +41,7 @@ struct Options {
   double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
   uint64_t seed = 1;
   int64_t eval_every = 0, eval_batches = 8;
-  bool fuse_projections = true;
+  bool fuse_projections = true, autotune = true;
   std::string codec = "resbm";
   int stages = 1, micro_batches = 1, rank = 2;
   // resbm-train's flags that the GPU path does not support: parsed so that using one is a
@@ -72,6 +72,7 @@ int device_id(const std::string& d) {
 template <class Codec>
 int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split) {
   CudaContext ctx(device_id(o.device));
+  ctx.autotune = o.autotune;
   optim::AdamWConfig oc;
   oc.lr = o.lr > 0 ? float(o.lr) : 2e-3f;  // resbm-train's AdamW default
   oc.weight_decay = float(o.weight_decay);
@@ -158,6 +159,7 @@ int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split
   result.set("tokenizer", o.tokenizer);
   result.set("optimizer", "adamw");
   result.set("stages", o.stages);
+  result.set("autotune", o.autotune);
   if (o.stages > 1) {
     result.set("codec", o.codec);
     result.set("rank", o.rank);
@@ -201,6 +203,8 @@ int resbm_train_cuda(int argc, char** argv) {
       .flag("metrics", &o.metrics, "write per-step metrics as JSONL to this file")
       .flag("skip-steps", &o.skip_steps, "first steps left out of tokens_per_s and step_ms (warm-up)")
       .flag("fuse-projections", &o.fuse_projections, "one batched GEMM for q/k/v and one for gate/up")
+      .flag("autotune", &o.autotune,
+            "time cuBLASLt's candidate algorithms for each GEMM shape in the first step and keep the fastest")
       .flag("stages", &o.stages, "pipeline stages, all on this GPU in this process (1 = the whole model)")
       .flag("micro-batches", &o.micro_batches, "micro-batches per step (gradient accumulation; divides --batch)")
       .flag("codec", &o.codec, "boundary codec between stages: resbm, dense (bf16) or int8 on the GPU")

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <tuple>
 #include <vector>
 
 #include "resbm/core/arena.hpp"
@@ -83,6 +84,37 @@ TEST_CASE("cuda matmul forward and backward match the CPU GEMM") {
     CHECK_REL(download(d_dw2), rdw2, kF32);
   }
   CHECK(ctx().plans.size() > 0);
+}
+
+TEST_CASE("cuda matmul with autotuning: the fastest candidate, and the timing runs leave C alone") {
+  // A context of its own, so that every shape is planned (and timed) here. The backward
+  // accumulates (beta = 1) into dinp and dweight: a timing run that wrote C would show.
+  CudaContext tuned(0);
+  tuned.autotune = true;
+  for (auto [N, C, OC] : {std::tuple<int64_t, int64_t, int64_t>{4096, 768, 768}, {257, 96, 200}}) {
+    std::printf("matmul autotuned N=%ld C=%ld OC=%ld\n", long(N), long(C), long(OC));
+    auto inp = randn(size_t(N * C)), w = randn(size_t(OC * C), 0.05f), dout = randn(size_t(N * OC));
+    auto dinp0 = randn(size_t(N * C)), dw0 = randn(size_t(OC * C));
+    std::vector<float> ref(size_t(N * OC)), rdinp = dinp0, rdw = dw0;
+    ops::matmul_forward<float>(host(), Tensor<float>(ref.data(), {N, OC}), Tensor<const float>(inp.data(), {N, C}),
+                               Tensor<const float>(w.data(), {OC, C}));
+    ops::matmul_backward<float>(host(), Tensor<float>(rdinp.data(), {N, C}), Tensor<float>(rdw.data(), {OC, C}),
+                                Tensor<const float>(dout.data(), {N, OC}), Tensor<const float>(inp.data(), {N, C}),
+                                Tensor<const float>(w.data(), {OC, C}));
+    auto d_inp = upload_bf16(inp), d_w = upload_bf16(w), d_dout = upload_bf16(dout);
+    auto d_dinp = upload_bf16(dinp0);
+    auto d_dw = upload(dw0);
+    auto out = poisoned<bf16>(ref.size());
+    const size_t before = tuned.plans.size();
+    ops::matmul_forward<bf16>(tuned, out.view({N, OC}), d_inp.view({N, C}), d_w.view({OC, C}));
+    ops::matmul_backward(tuned, d_dinp.view({N, C}), d_dw.view({OC, C}), d_dout.view({N, OC}), d_inp.view({N, C}),
+                         d_w.view({OC, C}));
+    tuned.synchronize();
+    CHECK(tuned.plans.size() == before + 3);
+    CHECK_REL(download(out), ref, kBf16);
+    CHECK_REL(download(d_dinp), rdinp, kBf16);
+    CHECK_REL(download(d_dw), rdw, kF32);
+  }
 }
 
 TEST_CASE("cuda matmul with leading dimensions that are not multiples of 8") {

@@ -201,6 +201,13 @@ class CudaContext {
     return scratch_.data();
   }
 
+  // Time up to kAutotuneCandidates of cuBLASLt's algorithms for each new GEMM shape (on its
+  // real operands, writing a scratch output) and keep the fastest, instead of the
+  // heuristic's first. Off by default: two contexts may then pick different algorithms for
+  // one shape, whose sums round differently.
+  bool autotune = false;
+  static constexpr int kAutotuneCandidates = 8;
+
   int device = 0;
   cudaDeviceProp props{};
   cudaStream_t stream = nullptr;

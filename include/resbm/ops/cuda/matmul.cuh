@@ -7,7 +7,8 @@
 //                    false writes instead, beta = 0)
 //                    dweight[OC,C] += doutᵀ · inp                  (fp32, beta = 1, always)
 // Descriptors, layouts and the heuristic's algorithm are cached in the context per (shape,
-// transposes, leading dimensions, dtypes, pointer alignments); the workspace is the
+// transposes, leading dimensions, dtypes, pointer alignments); with ctx.autotune the
+// fastest of the heuristic's first 8 on the first call's operands. The workspace is the
 // context's. Epilogues (bias, GELU, dbias) are not used yet.
 #include <algorithm>
 #include <cstdint>
@@ -34,6 +35,41 @@ inline int alignment_of(const void* p) {
   int al = 256;
   while (al > 1 && (a % uintptr_t(al)) != 0) al /= 2;
   return al;
+}
+
+// The index of the fastest of `found` candidate algorithms for plan p on these operands:
+// each runs once to warm up, then three times between events, writing D into a scratch
+// buffer of the output's extent (`c_elems` elements of `c_size` bytes) so that C, which
+// beta may read, is left as it was. A candidate that fails to run is skipped.
+inline int fastest(CudaContext& ctx, const LtPlan& p, const cublasLtMatmulHeuristicResult_t* res, int found,
+                   const bf16* A, const bf16* B, const void* C, int64_t c_elems, size_t c_size, float alpha,
+                   float beta) {
+  DeviceBuffer<unsigned char> d(size_t(c_elems) * c_size);
+  cudaEvent_t t0, t1;
+  RESBM_CUDA_CHECK(cudaEventCreate(&t0));
+  RESBM_CUDA_CHECK(cudaEventCreate(&t1));
+  int best = -1;
+  float best_ms = 0;
+  for (int i = 0; i < found; ++i) {
+    auto run = [&] {
+      return cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, d.data(), p.c, &res[i].algo,
+                            ctx.workspace.data(), ctx.workspace.size(), ctx.stream);
+    };
+    if (res[i].workspaceSize > ctx.workspace.size() || run() != CUBLAS_STATUS_SUCCESS) continue;
+    RESBM_CUDA_CHECK(cudaEventRecord(t0, ctx.stream));
+    for (int r = 0; r < 3; ++r) RESBM_CUBLAS_CHECK(run());
+    RESBM_CUDA_CHECK(cudaEventRecord(t1, ctx.stream));
+    RESBM_CUDA_CHECK(cudaEventSynchronize(t1));
+    float ms = 0;
+    RESBM_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    if (best < 0 || ms < best_ms) {
+      best = i;
+      best_ms = ms;
+    }
+  }
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  return best < 0 ? 0 : best;
 }
 
 }  // namespace cuda_detail_matmul
@@ -95,10 +131,10 @@ void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof ab);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac);
-    cublasLtMatmulHeuristicResult_t res{};
+    cublasLtMatmulHeuristicResult_t res[CudaContext::kAutotuneCandidates]{};
     int found = 0;
-    cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref,
+                                                       ctx.autotune ? CudaContext::kAutotuneCandidates : 1, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
       cublasLtMatrixLayoutDestroy(p.a);
@@ -109,8 +145,11 @@ void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64
                ", trans_b ", trans_b, ", lda ", lda, ", ldb ", ldb, ", ldc ", ldc, ")"),
            "use leading dimensions that are multiples of 8 and 16-byte aligned pointers");
     }
-    p.algo = res.algo;
-    p.workspace = res.workspaceSize;
+    const int best = found > 1 ? fastest(ctx, p, res, found, A, B, C, batch > 1 ? stride_c * (batch - 1) + ldc * (n - 1) + m
+                                                                          : ldc * (n - 1) + m, sizeof(TC), alpha, beta)
+                               : 0;
+    p.algo = res[best].algo;
+    p.workspace = res[best].workspaceSize;
     it = ctx.plans.emplace(key, p).first;
   }
   const LtPlan& p = it->second;
