@@ -83,7 +83,8 @@ TEST_CASE("cuda pipeline: 2 stages with the dense bf16 wire train as the whole m
   const nn::LlamaConfig cfg = tiny();
   const auto tokens = corpus(cfg.vocab);
   const data::BatchSampler sampler(tokens, kBatch, cfg.seq_len, 5);
-  pipeline::CudaLocalPipeline<DenseBf16> whole(ctx(), cfg, 1, kBatch / 2, adamw()), split(ctx(), cfg, 2, kBatch / 2, adamw());
+  pipeline::CudaLocalPipeline<DenseBf16> whole(ctx(), cfg, 1, kBatch / 2, adamw());
+  pipeline::CudaLocalPipeline<DenseBf16> split(ctx(), cfg, 2, kBatch / 2, adamw());
   // clip 0: the norm's partial sums are grouped per array, so it differs in rounding
   const auto lw = train_gpu(whole, sampler, 3, 2, 0.0), ls = train_gpu(split, sampler, 3, 2, 0.0);
   for (size_t i = 0; i < lw.size(); ++i) std::printf("dense: step %zu loss whole %.7f split %.7f\n", i, lw[i], ls[i]);

@@ -133,8 +133,8 @@ void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac);
     cublasLtMatmulHeuristicResult_t res[CudaContext::kAutotuneCandidates]{};
     int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref,
-                                                       ctx.autotune ? CudaContext::kAutotuneCandidates : 1, res, &found);
+    const int wanted = ctx.autotune ? CudaContext::kAutotuneCandidates : 1;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, wanted, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
       cublasLtMatrixLayoutDestroy(p.a);
@@ -145,9 +145,8 @@ void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64
                ", trans_b ", trans_b, ", lda ", lda, ", ldb ", ldb, ", ldc ", ldc, ")"),
            "use leading dimensions that are multiples of 8 and 16-byte aligned pointers");
     }
-    const int best = found > 1 ? fastest(ctx, p, res, found, A, B, C, batch > 1 ? stride_c * (batch - 1) + ldc * (n - 1) + m
-                                                                          : ldc * (n - 1) + m, sizeof(TC), alpha, beta)
-                               : 0;
+    const int64_t c_elems = (batch > 1 ? stride_c * (batch - 1) : 0) + ldc * (n - 1) + m;  // column-major extent
+    const int best = found > 1 ? fastest(ctx, p, res, found, A, B, C, c_elems, sizeof(TC), alpha, beta) : 0;
     p.algo = res[best].algo;
     p.workspace = res[best].workspaceSize;
     it = ctx.plans.emplace(key, p).first;

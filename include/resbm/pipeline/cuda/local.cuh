@@ -128,9 +128,12 @@ class CudaStage {
 
   // Every gradient array of the stage (model, then codec halves), for the global norm.
   void grad_arrays(std::vector<CudaTensor<const float>>& out) {
-    out.push_back(CudaTensor<const float>(model_.grads(), {int64_t(model_.size())}));
-    if (decoder_ && decoder_->size() > 0) out.push_back(CudaTensor<const float>(decoder_->grads(), {int64_t(decoder_->size())}));
-    if (encoder_ && encoder_->size() > 0) out.push_back(CudaTensor<const float>(encoder_->grads(), {int64_t(encoder_->size())}));
+    auto add = [&](float* g, size_t n) {
+      if (n > 0) out.push_back(CudaTensor<const float>(g, {int64_t(n)}));
+    };
+    add(model_.grads(), model_.size());
+    if (decoder_) add(decoder_->grads(), decoder_->size());
+    if (encoder_) add(encoder_->grads(), encoder_->size());
   }
 
   void step(float lr_scale, float grad_scale) {
