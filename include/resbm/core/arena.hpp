@@ -39,6 +39,17 @@ struct ParamInfo {
   ParamKind kind = ParamKind::matrix;
 };
 
+// Entry `p` of a flat array laid out as a ParamArena says: host arrays (the arena's own)
+// or device ones (the GPU model's and codec halves' copies of a layout), D the device tag.
+template <class D = cpu, class P>
+Tensor<P, D> entry_view(P* base, const ParamInfo& p) {
+  Tensor<P, D> t;
+  t.data = base + p.offset;
+  t.shape = p.shape;
+  t.rank = p.rank;
+  return t;
+}
+
 template <class T>
 class ParamArena {
  public:
@@ -101,12 +112,7 @@ class ParamArena {
   template <class P>
   Tensor<P> view(P* base, size_t i) const {
     RESBM_CHECK(allocated_, "parameter read before allocate()", "call allocate() first");
-    const ParamInfo& p = infos_.at(i);
-    Tensor<P> t;
-    t.data = base + p.offset;
-    t.shape = p.shape;
-    t.rank = p.rank;
-    return t;
+    return entry_view(base, infos_.at(i));
   }
 
   std::vector<ParamInfo> infos_;

@@ -21,6 +21,15 @@ struct WireCount {
   double forward_bytes = 0, backward_bytes = 0, tokens = 0, messages = 0;
   double dense_bytes = 0;  // what the same messages would cost as dense bf16 (2·d per token)
   double bytes_per_token() const { return tokens > 0 ? (forward_bytes + backward_bytes) / tokens : 0; }
+
+  // One message of `bytes` for `n_tokens` tokens of width d_model; a boundary's tokens are
+  // counted once, with its forward message.
+  void add(bool forward, double bytes, int64_t n_tokens, int64_t d_model) {
+    (forward ? forward_bytes : backward_bytes) += bytes;
+    dense_bytes += 2.0 * double(d_model) * double(n_tokens);
+    messages += 1;
+    if (forward) tokens += double(n_tokens);
+  }
 };
 
 // Dense bf16 sends 2·d bytes per token in each direction; the ratio is against that.
@@ -77,13 +86,10 @@ class LocalPipeline {
       std::span<const std::byte> grad_in;
       if (s + 1 < stages_.size()) {
         grad_in = mbs_[s + 1].grad;
-        wire_.backward_bytes += double(grad_in.size());
-        wire_.dense_bytes += 2.0 * double(cfg_.d_model) * double(N);
-        wire_.messages += 1;
+        wire_.add(false, double(grad_in.size()), N, cfg_.d_model);
       }
       stages_[s]->backward(ctx, mbs_[s], grad_in, 1.0f / float(micro_batches));
     }
-    wire_.tokens += double(N) * double(stages_.size() - 1);  // per boundary crossed
     return loss;
   }
 
@@ -147,11 +153,7 @@ class LocalPipeline {
       std::span<const std::byte> wire_in;
       if (s > 0) {
         wire_in = mbs_[s - 1].wire;
-        if (count) {
-          wire_.forward_bytes += double(wire_in.size());
-          wire_.dense_bytes += 2.0 * double(cfg_.d_model) * double(micro_batch_ * cfg_.seq_len);
-          wire_.messages += 1;
-        }
+        if (count) wire_.add(true, double(wire_in.size()), micro_batch_ * cfg_.seq_len, cfg_.d_model);
       }
       loss = stages_[s]->forward(ctx, mbs_[s], wire_in);
     }

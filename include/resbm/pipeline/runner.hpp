@@ -312,12 +312,8 @@ class StageRunner {
   }
 
   void count(size_t payload, bool forward) {
-    const double bytes = double(payload + transport::kHeaderSize);
-    (forward ? sent_.forward_bytes : sent_.backward_bytes) += bytes;
-    sent_.messages += 1;
-    sent_.dense_bytes += 2.0 * double(stage_.model().config().d_model) * double(micro_batch_ * stage_.model().config().seq_len);
-    // A boundary's tokens are counted once, with its forward message.
-    if (forward) sent_.tokens += double(micro_batch_ * stage_.model().config().seq_len);
+    const nn::LlamaConfig& c = stage_.model().config();
+    sent_.add(forward, double(payload + transport::kHeaderSize), micro_batch_ * c.seq_len, c.d_model);
   }
 
   static std::span<const std::byte> bytes_of(const double& x) {

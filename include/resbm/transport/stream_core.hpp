@@ -220,7 +220,10 @@ class FrameChannel {
                      timeout_text(opt.stall_timeout), " without data, ", got, " of ", total, " bytes received"),
                  "check that the peer is alive; raise the stall timeout for very slow links");
     }
-    if (closed.load()) throw LinkClosed(cat("link to ", peer_name, " was closed by this stage"), "");
+    if (closed.load())
+      throw LinkClosed(cat("link to ", peer_name, " was closed by this stage while receiving"),
+                       "expected while this stage shuts down (close() wakes a blocked receive); "
+                       "otherwise do not close a link that is still in use");
     if (st.result == IoStep::eof && got == 0)
       break_link(cat("connection to ", peer_name, " closed by the peer without a shutdown frame"), Stream::kEofFix);
     if (st.result == IoStep::eof)

@@ -149,6 +149,15 @@ __global__ void enc_hidden_bwd(bf16* __restrict__ ds, const bf16* __restrict__ d
   }
 }
 
+// The decoder's fc1 [H, R] into shared memory transposed, ws[j·H + k] = fc1[k, j], so a lane
+// reads its 8 hidden units of code column j as one 16-byte vector; for the whole block.
+template <int H, int R>
+__device__ __forceinline__ const Pack8* stage_fc1(bf16* ws, const bf16* __restrict__ w1) {
+  for (int i = threadIdx.x; i < R * H; i += blockDim.x) ws[(i % R) * H + i / R] = w1[i];
+  __syncthreads();
+  return reinterpret_cast<const Pack8*>(ws);
+}
+
 // Decoder hidden layer, backward, a warp per row: dpre = dact ⊙ silu'(pre) (stored, bf16, for
 // the d fc1 GEMM) and dy[n, :] = dpre · fc1 (+ dh'[n, :r] with Truncate; fp32 from the fp32
 // dpre, written): the N x R output is too narrow for a GEMM to pay.
@@ -159,10 +168,8 @@ __global__ void dec_hidden_bwd(float* __restrict__ dy, bf16* __restrict__ dpre, 
   using resbm::cuda_detail::pack8;
   using resbm::cuda_detail::unpack8;
   constexpr int H8 = H / 8;
-  __shared__ __align__(16) bf16 ws[R * H];  // ws[j·H + k] = fc1[k, j]
-  for (int i = threadIdx.x; i < R * H; i += blockDim.x) ws[(i % R) * H + i / R] = w1[i];
-  __syncthreads();
-  const auto* WS = reinterpret_cast<const Pack8*>(ws);
+  __shared__ __align__(16) bf16 ws[R * H];
+  const Pack8* WS = stage_fc1<H, R>(ws, w1);
   const int lane = threadIdx.x % 32;
   for (int64_t n = blockIdx.x * int64_t(kRowWarps) + threadIdx.x / 32; n < N; n += int64_t(gridDim.x) * kRowWarps) {
     float part[R];
@@ -272,18 +279,15 @@ __global__ void enc_params_bwd(float* __restrict__ dw1, float* __restrict__ dgai
 }
 
 // Decoder hidden layer, forward, a warp per row, from the decoded code y [N, R] (K = R is
-// too narrow for a GEMM to pay): pre = y · fc1ᵀ, act = silu(pre). fc1 is staged transposed
-// in shared memory, so a lane reads its 8 hidden units of column j as one 16-byte vector.
+// too narrow for a GEMM to pay): pre = y · fc1ᵀ, act = silu(pre), fc1 staged (stage_fc1).
 template <int H, int R>
 __global__ void dec_hidden_fwd(bf16* __restrict__ pre, bf16* __restrict__ act, const bf16* __restrict__ y,
                                const bf16* __restrict__ w1, int64_t N) {
   using resbm::cuda_detail::pack8;
   using resbm::cuda_detail::unpack8;
   constexpr int H8 = H / 8;
-  __shared__ __align__(16) bf16 ws[R * H];  // ws[j·H + k] = fc1[k, j]
-  for (int i = threadIdx.x; i < R * H; i += blockDim.x) ws[(i % R) * H + i / R] = w1[i];
-  __syncthreads();
-  const auto* WS = reinterpret_cast<const Pack8*>(ws);
+  __shared__ __align__(16) bf16 ws[R * H];
+  const Pack8* WS = stage_fc1<H, R>(ws, w1);
   const int lane = threadIdx.x % 32;
   for (int64_t n = blockIdx.x * int64_t(kRowWarps) + threadIdx.x / 32; n < N; n += int64_t(gridDim.x) * kRowWarps) {
     float yv[R];
@@ -417,24 +421,14 @@ class Params {
 
  protected:
   size_t find(const char* what) const { return layout_.find(prefix_ + what); }
-  CudaTensor<const bf16> w(size_t i) const { return view<const bf16>(p16_.data(), i); }
-  CudaTensor<const float> w32(size_t i) const { return view<const float>(p32_.data(), i); }
-  CudaTensor<float> g(size_t i) { return view<float>(g32_.data(), i); }
+  CudaTensor<const bf16> w(size_t i) const { return entry_view<cuda>(p16_.data(), layout_.info(i)); }
+  CudaTensor<const float> w32(size_t i) const { return entry_view<cuda>(p32_.data(), layout_.info(i)); }
+  CudaTensor<float> g(size_t i) { return entry_view<cuda>(g32_.data(), layout_.info(i)); }
 
   CudaContext* ctx_;
   Boundary b_;
 
  private:
-  template <class P, class B>
-  CudaTensor<P> view(B* base, size_t i) const {
-    const ParamInfo& p = layout_.info(i);
-    CudaTensor<P> t;
-    t.data = base + p.offset;
-    t.shape = p.shape;
-    t.rank = p.rank;
-    return t;
-  }
-
   ParamArena<float> layout_;  // before decl_, which declares into it
   Half decl_;
   DeviceBuffer<float> p32_, g32_;

@@ -281,22 +281,8 @@ class CudaLlama {
   static CudaTensor<const bf16> cview(const bf16* p, std::initializer_list<int64_t> dims) {
     return CudaTensor<const bf16>(p, dims);
   }
-  CudaTensor<const bf16> p16(size_t i) const {
-    const ParamInfo& p = layout_.info(i);
-    CudaTensor<const bf16> t;
-    t.data = params16_.data() + p.offset;
-    t.shape = p.shape;
-    t.rank = p.rank;
-    return t;
-  }
-  CudaTensor<float> g32(size_t i) {
-    const ParamInfo& p = layout_.info(i);
-    CudaTensor<float> t;
-    t.data = grads_.data() + p.offset;
-    t.shape = p.shape;
-    t.rank = p.rank;
-    return t;
-  }
+  CudaTensor<const bf16> p16(size_t i) const { return entry_view<cuda>(params16_.data(), layout_.info(i)); }
+  CudaTensor<float> g32(size_t i) { return entry_view<cuda>(grads_.data(), layout_.info(i)); }
 
   void reserve_scratch(int64_t B) {
     if (B <= scratch_batch_) return;

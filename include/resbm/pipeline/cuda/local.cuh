@@ -49,12 +49,14 @@ class CudaStage {
   };
 
   CudaStage(CudaContext& ctx, const nn::LlamaConfig& cfg, int stage, int n_stages, const optim::AdamWConfig& oc)
-      : cfg_(cfg), stage_(stage), model_(ctx, cfg, partition(cfg.n_layers, n_stages).at(size_t(stage))) {
+      : cfg_(cfg),
+        stage_(stage),
+        model_(ctx, cfg, partition(cfg.n_layers, n_stages).at(size_t(stage))),
+        model_opt_(ctx, model_, oc) {
     if (stage > 0) decoder_.emplace(ctx, boundary(stage - 1));
     if (stage + 1 < n_stages) encoder_.emplace(ctx, boundary(stage));
-    opts_.emplace_back(ctx, model_, oc);
-    if (decoder_ && decoder_->size() > 0) opts_.emplace_back(ctx, *decoder_, oc);
-    if (encoder_ && encoder_->size() > 0) opts_.emplace_back(ctx, *encoder_, oc);
+    if (decoder_) decoder_opt_.emplace(ctx, *decoder_, oc);
+    if (encoder_) encoder_opt_.emplace(ctx, *encoder_, oc);
   }
 
   int stage() const { return stage_; }
@@ -110,9 +112,8 @@ class CudaStage {
     if (decoder_) decoder_->backward(*mb.dec, model_.input_grad(mb.acts), mb.grad.view({int64_t(mb.grad.size())}));
   }
 
-  // The wire statuses of this micro-batch's boundary launches, forward ones first: the
-  // pipeline collects all of them, synchronises once, then raises (throws the wire's Error
-  // for the first bad value).
+  // The wire statuses of this micro-batch's boundary launches in one direction (decoder,
+  // then encoder); the pipeline checks all of them with one synchronisation.
   std::vector<ops::CudaWireStatus*> statuses(MicroBatch& mb, bool forward) {
     std::vector<ops::CudaWireStatus*> out;
     if (decoder_) out.push_back(forward ? &mb.dec->fwd_status : &mb.dec->bwd_status);
@@ -137,10 +138,9 @@ class CudaStage {
   }
 
   void step(float lr_scale, float grad_scale) {
-    size_t i = 0;
-    opts_[i++].step(model_, lr_scale, grad_scale);
-    if (decoder_ && decoder_->size() > 0) opts_[i++].step(*decoder_, lr_scale, grad_scale);
-    if (encoder_ && encoder_->size() > 0) opts_[i++].step(*encoder_, lr_scale, grad_scale);
+    model_opt_.step(model_, lr_scale, grad_scale);
+    if (decoder_) decoder_opt_->step(*decoder_, lr_scale, grad_scale);  // no launch for a half without parameters
+    if (encoder_) encoder_opt_->step(*encoder_, lr_scale, grad_scale);
   }
 
  private:
@@ -154,7 +154,8 @@ class CudaStage {
   nn::CudaLlama model_;
   std::optional<Decoder> decoder_;
   std::optional<Encoder> encoder_;
-  std::vector<optim::CudaAdamW> opts_;  // model, then the codec halves that have parameters
+  optim::CudaAdamW model_opt_;
+  std::optional<optim::CudaAdamW> decoder_opt_, encoder_opt_;
 };
 
 template <class Codec>
@@ -171,6 +172,14 @@ class CudaLocalPipeline {
       stages_.push_back(std::make_unique<Stage>(ctx, cfg, s, n_stages, oc));
       mbs_.push_back(stages_.back()->make_micro_batch(micro_batch));
     }
+    // What every step reads, gathered once (mbs_ no longer moves): the gradient arrays for
+    // the global norm, and the wire statuses in the order the CPU pipeline would meet a
+    // bad value (forwards by stage, then backwards from the last stage).
+    for (auto& st : stages_) st->grad_arrays(grads_);
+    for (size_t s = 0; s < stages_.size(); ++s)
+      for (auto* st : stages_[s]->statuses(mbs_[s], true)) statuses_.push_back(st);
+    for (size_t s = stages_.size(); s-- > 0;)
+      for (auto* st : stages_[s]->statuses(mbs_[s], false)) statuses_.push_back(st);
   }
 
   std::vector<std::unique_ptr<Stage>>& stages() { return stages_; }
@@ -201,19 +210,16 @@ class CudaLocalPipeline {
         const DeviceBuffer<std::byte>* grad_in = nullptr;
         if (s + 1 < S) {
           grad_in = &mbs_[s + 1].grad;
-          count(wire_.backward_bytes, grad_in->size());
+          wire_.add(false, double(grad_in->size()), N, cfg_.d_model);
         }
         stages_[s]->backward(mbs_[s], grad_in, 1.0f / float(micro_batches));
       }
-      wire_.tokens += double(N) * double(S - 1);  // per boundary crossed
       check_wires();  // first: a non-finite value is named where it crossed a boundary, as on the CPU
       const double l = stages_.back()->model().mean_loss(mbs_.back().acts);
       RESBM_CHECK(std::isfinite(l), cat("loss is ", l, " at step ", step, " (micro-batch ", m, ")"),
                   "lower --lr or raise --warmup");
       loss += l / micro_batches;
     }
-    grads_.clear();
-    for (auto& s : stages_) s->grad_arrays(grads_);
     const double norm = std::sqrt(ops::sum_squares(*ctx_, grads_));
     RESBM_CHECK(std::isfinite(norm), cat("gradient norm is ", norm, " at step ", step), "lower --lr");
     const float coef = float(optim::clip_coefficient(norm, clip));
@@ -245,36 +251,24 @@ class CudaLocalPipeline {
       const DeviceBuffer<std::byte>* wire_in = nullptr;
       if (s > 0) {
         wire_in = &mbs_[s - 1].wire;
-        if (counted) count(wire_.forward_bytes, wire_in->size());
+        if (counted) wire_.add(true, double(wire_in->size()), micro_batch_ * cfg_.seq_len, cfg_.d_model);
       }
       stages_[s]->forward(mbs_[s], wire_in);
     }
   }
 
   // Every boundary launch's status with one synchronisation; throws the first bad one's
-  // Error in the order the CPU pipeline would have met it (forwards by stage, then
-  // backwards from the last stage).
+  // Error (statuses_ is in the CPU pipeline's order).
   void check_wires() {
-    std::vector<ops::CudaWireStatus*> all;
-    for (size_t s = 0; s < stages_.size(); ++s)
-      for (auto* st : stages_[s]->statuses(mbs_[s], true)) all.push_back(st);
-    for (size_t s = stages_.size(); s-- > 0;)
-      for (auto* st : stages_[s]->statuses(mbs_[s], false)) all.push_back(st);
-    for (auto* st : all) st->collect(*ctx_);
+    for (auto* st : statuses_) st->collect(*ctx_);
     ctx_->synchronize();
     std::exception_ptr first;  // every status is reset, so the pipeline can go on after an error
-    for (auto* st : all) try {
+    for (auto* st : statuses_) try {
         st->raise();
       } catch (...) {
         if (!first) first = std::current_exception();
       }
     if (first) std::rethrow_exception(first);
-  }
-
-  void count(double& bytes, size_t n) {
-    bytes += double(n);
-    wire_.dense_bytes += 2.0 * double(cfg_.d_model) * double(micro_batch_ * cfg_.seq_len);
-    wire_.messages += 1;
   }
 
   CudaContext* ctx_;
@@ -283,6 +277,7 @@ class CudaLocalPipeline {
   std::vector<std::unique_ptr<Stage>> stages_;
   std::vector<typename Stage::MicroBatch> mbs_;
   std::vector<CudaTensor<const float>> grads_;
+  std::vector<ops::CudaWireStatus*> statuses_;
   WireCount wire_;
 };
 
