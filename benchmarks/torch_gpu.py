@@ -109,6 +109,22 @@ def model_bench(a):
         loss = step()
     torch.cuda.synchronize()
     dt = (time.time() - t0) / a.steps
+    if a.profile:
+        # Where PyTorch's step goes, kernel by kernel: the peer's breakdown to set ours against.
+        from torch.profiler import profile, ProfilerActivity
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(a.profile):
+                step()
+            torch.cuda.synchronize()
+        rows = {}
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+            if t > 0 and e.count > 0:
+                rows[e.key] = (t / a.profile / 1e3, e.count // a.profile)
+        total = sum(ms for ms, _ in rows.values())
+        print(f"PROFILE {a.mode}: {total:.2f} ms of kernels a step; top kernels (ms a step, launches a step):")
+        for k, (ms, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:a.profile_top]:
+            print(f"  {ms:8.3f} {n:5d}  {k[:150]}")
     n_params = sum(p.numel() for p in model.parameters())
     print("TORCH " + json.dumps({
         "mode": a.mode, "layers": a.layers, "d_model": a.d_model, "heads": a.heads, "seq": a.seq,
@@ -159,6 +175,8 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mode", choices=["eager", "compile"], default="eager")
+    p.add_argument("--profile", type=int, default=0, help="also profile this many steps and print the top kernels")
+    p.add_argument("--profile-top", type=int, default=30)
     a = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     model_bench(a) if a.what == "model" else ceiling(a)

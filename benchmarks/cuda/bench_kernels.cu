@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "resbm/core/rng.hpp"
@@ -116,6 +117,11 @@ int main(int argc, char** argv) {
   });
   ops::CudaRopeTable rope(T, hd);
   add("rope_forward (q)", 2 * act, 0, [&] { ops::rope_forward(ctx, x.view({B, T, H, hd}), rope); });
+  {
+    auto qk = rnd<bf16>(ctx, 2 * N * C);
+    add("rope_forward (q and k, one launch)", 4 * act, 0,
+        [&] { ops::rope_forward(ctx, qk.view({2 * B, T, H, hd}), rope); });
+  }
 
   {
     auto g = rnd<bf16>(ctx, N * F), u = rnd<bf16>(ctx, N * F), o = rnd<bf16>(ctx, N * F), d = rnd<bf16>(ctx, N * F);
@@ -164,6 +170,35 @@ int main(int argc, char** argv) {
                            inp.view({N, mm.in}), w.view({mm.out, mm.in}));
     });
   }
+  // The input gradient of the q/k/v (gate/up) projections, as the model computes it (one
+  // GEMM per weight over the [3, N, C] gradients, adding into din) against one GEMM over
+  // gradients laid out [N, 3C] (K = 3C): what changing that layout would buy.
+  for (auto [name, OC, G] : {std::tuple<const char*, int64_t, int64_t>{"qkv", C, 3}, {"gate+up", F, 2}}) {
+    auto dout = rnd<bf16>(ctx, N * OC * G), w = rnd<bf16>(ctx, OC * G * C, 0.02f), din = rnd<bf16>(ctx, N * C);
+    const double fl = 2.0 * double(N) * double(C) * double(OC * G);
+    const double by = 2.0 * double(N * OC * G + OC * G * C + N * C);
+    add((std::string("dinp ") + name + ": a GEMM per weight").c_str(), by, fl, [&] {
+      for (int64_t i = 0; i < G; ++i)
+        ops::gemm<bf16>(ctx, false, false, N, C, OC, 1.0f, dout.data() + i * N * OC, OC, w.data() + i * OC * C, C,
+                        i == 0 ? 0.0f : 1.0f, din.data(), C);
+    });
+    add((std::string("dinp ") + name + ": one GEMM, K = all").c_str(), by, fl, [&] {
+      ops::gemm<bf16>(ctx, false, false, N, C, OC * G, 1.0f, dout.data(), OC * G, w.data(), C, 0.0f, din.data(), C);
+    });
+  }
+  // The residual add of the attention projection: a copy of the stream, then the GEMM adding
+  // into it (beta = 1), against gemm_add reading the stream as C.
+  {
+    auto att = rnd<bf16>(ctx, N * C), wo = rnd<bf16>(ctx, C * C, 0.02f), mid = rnd<bf16>(ctx, N * C);
+    const double fl = 2.0 * double(N) * double(C) * double(C);
+    add("attn proj + residual: copy, gemm beta 1", 4 * act, fl, [&] {
+      RESBM_CUDA_CHECK(cudaMemcpyAsync(mid.data(), x.data(), size_t(N * C) * 2, cudaMemcpyDeviceToDevice, ctx.stream));
+      ops::gemm<bf16>(ctx, false, true, N, C, C, 1.0f, att.data(), C, wo.data(), C, 1.0f, mid.data(), C);
+    });
+    add("attn proj + residual: gemm_add", 3 * act, fl, [&] {
+      ops::gemm_add<bf16>(ctx, false, true, N, C, C, 1.0f, att.data(), C, wo.data(), C, x.data(), mid.data(), C);
+    });
+  }
   // Attention at the training shape (hd 64) and at hd 128 (H=16, d=2048), each backward
   // both ways: the single pass (default) and the deterministic two kernels. FLOPs count
   // the algorithm's products (causal: half of the T×T scores): forward 2, backward 5 (S
@@ -189,6 +224,19 @@ int main(int argc, char** argv) {
       });
     }
     ops::cuda_attention_deterministic = false;
+    // The model's backward: RoPE's inverse rotation of dq and dk in the kernels' stores
+    // against the plain backward followed by RoPE's own pass over dq and dk.
+    ops::CudaRopeTable arope(T, ahd);
+    add(("attention_backward" + tag + " + rope, fused").c_str(), 8 * aact, 5 * pair, [&] {
+      ops::attention_backward(ctx, V4(dq), V4(dk), V4(dv), V4(g), cache.view({int64_t(cache.size())}), V4(q), V4(k),
+                              V4(v), V4(o), &arope);
+    });
+    add(("attention_backward" + tag + " + rope, separate").c_str(), 12 * aact, 5 * pair, [&] {
+      ops::attention_backward(ctx, V4(dq), V4(dk), V4(dv), V4(g), cache.view({int64_t(cache.size())}), V4(q), V4(k),
+                              V4(v), V4(o));
+      ops::rope_backward(ctx, V4(dq), arope);
+      ops::rope_backward(ctx, V4(dk), arope);
+    });
   }
   ctx.synchronize();
   std::printf("\n%-40s %10s %10s %10s\n", "op (B=16 T=1024 d=768 H=12)", "ms", "GB/s", "TFLOP/s");

@@ -117,6 +117,33 @@ TEST_CASE("cuda matmul with autotuning: the fastest candidate, and the timing ru
   }
 }
 
+// gemm_add: out = inp · wᵀ + addend, the residual add of the output projections, with the
+// addend read as cuBLASLt's C and the sum written to a different array (and in place).
+TEST_CASE("cuda gemm_add writes the product plus the addend elsewhere and leaves the addend alone") {
+  for (const bool tune : {false, true}) {
+    CudaContext c(0);
+    c.autotune = tune;
+    const int64_t N = 300, C = 96, OC = 200;
+    std::printf("gemm_add N=%ld C=%ld OC=%ld autotune %d\n", long(N), long(C), long(OC), int(tune));
+    auto inp = randn(size_t(N * C)), w = randn(size_t(OC * C), 0.05f), add = randn(size_t(N * OC));
+    // The reference adds the bf16-rounded addend, which is what the GPU reads.
+    auto add16 = to_float(upload_bf16(add).to_host());
+    std::vector<float> ref(size_t(N * OC));
+    ops::matmul_forward<float>(host(), Tensor<float>(ref.data(), {N, OC}), Tensor<const float>(inp.data(), {N, C}),
+                               Tensor<const float>(w.data(), {OC, C}));
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] += add16[i];
+    auto d_inp = upload_bf16(inp), d_w = upload_bf16(w), d_add = upload_bf16(add);
+    auto out = poisoned<bf16>(ref.size());
+    ops::gemm_add<bf16>(c, false, true, N, OC, C, 1.0f, d_inp.data(), C, d_w.data(), C, d_add.data(), out.data(), OC);
+    c.synchronize();
+    CHECK_REL(download(out), ref, kBf16);
+    CHECK(download(d_add) == add16);  // the addend is only read
+    ops::gemm_add<bf16>(c, false, true, N, OC, C, 1.0f, d_inp.data(), C, d_w.data(), C, d_add.data(), d_add.data(), OC);
+    c.synchronize();
+    CHECK_REL(download(d_add), ref, kBf16);
+  }
+}
+
 TEST_CASE("cuda matmul with leading dimensions that are not multiples of 8") {
   const int64_t N = 33, C = 50, OC = 30;
   auto inp = randn(size_t(N * C)), w = randn(size_t(OC * C), 0.1f);
@@ -172,9 +199,14 @@ TEST_CASE("cuda embedding forward and backward match the CPU op") {
 }
 
 TEST_CASE("cuda rmsnorm forward and backward match the CPU op") {
-  // 16-byte rows up to 2048 columns take the fused backward (a partial last block at 333
-  // rows, 3 and 8 packs a lane), 100 the scalar kernels, 2056 the 16-byte unfused ones.
-  for (auto [N, C] : {std::pair<int64_t, int64_t>{333, 768}, {64, 100}, {5, 2048}, {70, 2056}}) {
+  // 16-byte rows up to 2048 columns take the register-row forward and the fused backward
+  // with K = ceil(C / 256) packs a lane: every K from 1 to 8 (64, 512, 768, 1000, 1280,
+  // 1536, 1544, 2048), rows that end partway through a lane's packs (520, 1000, 1544), a
+  // partial last block (333 rows), more than 48 KiB of shared memory (K >= 7), and more
+  // partial rows than the dweight reduce's threads (9000 rows: 282). 100 takes the scalar
+  // kernels, 2056 the 16-byte unfused ones.
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{333, 768}, {64, 100}, {5, 2048}, {70, 2056}, {40, 64}, {40, 512},
+                      {41, 520}, {37, 1000}, {33, 1280}, {35, 1536}, {31, 1544}, {9000, 768}}) {
     std::printf("rmsnorm N=%ld C=%ld\n", long(N), long(C));
     auto x = randn(size_t(N * C), 2.0f), w = randn(size_t(C)), dout = randn(size_t(N * C));
     auto dinp0 = randn(size_t(N * C)), dw0 = randn(size_t(C));
@@ -357,6 +389,11 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
                                    Tensor<const float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k), C4(v),
                                    C4(ref));
     auto rlse = reference_lse(q, k, s.B, s.T, s.H, s.hd);
+    ops::RopeTable<float> rope(s.T + 3, s.hd);
+    ops::CudaRopeTable drope(rope);
+    std::vector<float> rope_dq = rdq, rope_dk = rdk;
+    ops::rope_backward<float>(host(), T4(rope_dq), rope);
+    ops::rope_backward<float>(host(), T4(rope_dk), rope);
     auto d_q = upload_bf16(q), d_k = upload_bf16(k), d_v = upload_bf16(v), d_dout = upload_bf16(dout);
     auto V4 = [&](DeviceBuffer<bf16>& x) { return x.view({s.B, s.T, s.H, s.hd}); };
 
@@ -381,6 +418,13 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
       CHECK_REL(download(d_dq), rdq, 2 * kBf16);
       CHECK_REL(download(d_dk), rdk, 2 * kBf16);
       CHECK_REL(download(d_dv), rdv, kBf16);
+      // With the RoPE table, dq and dk come out rotated back, as rope_backward leaves them.
+      auto r_dq = poisoned<bf16>(n), r_dk = poisoned<bf16>(n), r_dv = poisoned<bf16>(n);
+      ops::attention_backward(ctx(), V4(r_dq), V4(r_dk), V4(r_dv), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
+                              V4(d_out), &drope);
+      CHECK_REL(download(r_dq), rope_dq, 2 * kBf16);
+      CHECK_REL(download(r_dk), rope_dk, 2 * kBf16);
+      CHECK_REL(download(r_dv), rdv, kBf16);
     }
   }
   ops::cuda_attention_tensor_cores = true;
@@ -431,4 +475,15 @@ TEST_CASE("cuda ops reject wrong shapes with an Error") {
   CHECK_THROWS_AS(ops::attention_forward(ctx(), a.view({1, 1, 1, 48}), c.view({2}), a.view({1, 1, 1, 48}),
                                          a.view({1, 1, 1, 48}), a.view({1, 1, 1, 48})),
                   Error);
+  // A RoPE table of another head dimension, or too few positions, is refused by name.
+  DeviceBuffer<bf16> x(4 * 32);
+  auto v = x.view({1, 4, 1, 32});
+  DeviceBuffer<float> cache(size_t(ops::cuda_attention_cache_size(1, 4, 1)));
+  for (const auto& [positions, hd] : {std::pair<int64_t, int64_t>{8, 64}, {3, 32}}) {
+    ops::CudaRopeTable table(positions, hd);
+    const std::string e = error_of([&] {
+      ops::attention_backward(ctx(), v, v, v, v, cache.view({int64_t(cache.size())}), v, v, v, v, &table);
+    });
+    CHECK(e.find("RoPE table") != std::string::npos);
+  }
 }

@@ -295,8 +295,6 @@ class CudaLlama {
     if (r_.head) dlogits_.resize(N * size_t(vocab_ld()));
   }
 
-  // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a
-  // copy of the residual, then the GEMM adds into it with beta = 1 (one rounding to bf16).
   // The q, k, v projections (or gate, up) of weights w[0..count): one batched GEMM from the
   // shared input when the weights are evenly spaced (w_stride > 0) and fuse_projections is
   // on, else one GEMM each. Outputs are adjacent [count, N, OC].
@@ -326,41 +324,8 @@ class CudaLlama {
                       i == 0 ? 0.0f : 1.0f, din, K);
   }
 
-  // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a
-  // copy of the residual, then the GEMM adds into it with beta = 1 (one rounding to bf16).
-  // The q, k, v projections (or gate, up): one batched GEMM from the shared input when the
-  // weights are evenly spaced and fuse_projections is on, else one GEMM each.
-  void project(const bf16* in, int64_t N, int64_t K, size_t w0, int64_t w_stride, int count, int64_t OC, bf16* out) {
-    if (fuse_projections && w_stride > 0) {
-      ops::gemm_batched<bf16>(*ctx_, false, true, N, OC, K, 1.0f, in, K, 0, p16(w0).data, K, w_stride, 0.0f, out, OC,
-                              N * OC, count);
-      return;
-    }
-    const int64_t w_step = int64_t(layout_.info(w0 + 1).offset) - int64_t(layout_.info(w0).offset);
-    for (int i = 0; i < count; ++i)
-      ops::gemm<bf16>(*ctx_, false, true, N, OC, K, 1.0f, in, K, p16(w0).data + i * w_step, K, 0.0f,
-                      out + i * N * OC, OC);
-  }
-  // Backward of project(): weight gradients += doutᵢᵀ · in (batched like the forward), and
-  // din = Σᵢ doutᵢ · Wᵢ, written.
-  void project_backward(const bf16* in, const bf16* dout, int64_t N, int64_t K, size_t w0, int64_t w_stride,
-                        int count, int64_t OC, bf16* din) {
-    const int64_t w_step = int64_t(layout_.info(w0 + 1).offset) - int64_t(layout_.info(w0).offset);
-    if (fuse_projections && w_stride > 0) {
-      ops::gemm_batched<float>(*ctx_, true, false, OC, K, N, 1.0f, dout, OC, N * OC, in, K, 0, 1.0f, g32(w0).data, K,
-                               w_stride, count);
-    } else {
-      for (int i = 0; i < count; ++i)
-        ops::gemm<float>(*ctx_, true, false, OC, K, N, 1.0f, dout + i * N * OC, OC, in, K, 1.0f,
-                         g32(w0).data + i * w_step, K);
-    }
-    for (int i = 0; i < count; ++i)
-      ops::gemm<bf16>(*ctx_, false, false, N, K, OC, 1.0f, dout + i * N * OC, OC, p16(w0).data + i * w_step, K,
-                      i == 0 ? 0.0f : 1.0f, din, K);
-  }
-
-  // x [N, C] -> y [N, C]. The residual adds ride on the output projections: y is first a
-  // copy of the residual, then the GEMM adds into it with beta = 1 (one rounding to bf16).
+  // x [N, C] -> y [N, C]. The residual adds ride on the output projections: the GEMM
+  // reads the residual as its C operand (beta = 1) and writes the sum, rounded once to bf16.
   void block_forward(const BlockParams& P, CudaBlockActivations& s, const bf16* x, bf16* y, int64_t B) {
     CudaContext& ctx = *ctx_;
     const int64_t T = c_.seq_len, H = c_.n_heads, D = c_.head_dim(), N = B * T, C = c_.d_model, F = c_.ffn_hidden();
@@ -372,8 +337,7 @@ class CudaLlama {
     ops::rope_forward(ctx, CudaTensor<bf16>(q, {2 * B, T, H, D}), rope_);  // q and k are adjacent: one launch
     ops::attention_forward(ctx, s.att.view({B, T, H, D}), s.cache.view({int64_t(s.cache.size())}),
                            cview(q, {B, T, H, D}), cview(k, {B, T, H, D}), cview(v, {B, T, H, D}));
-    RESBM_CUDA_CHECK(cudaMemcpyAsync(s.mid.data(), x, size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice, ctx.stream));
-    ops::gemm<bf16>(ctx, false, true, N, C, C, 1.0f, s.att.data(), C, p16(P.wo).data, C, 1.0f, s.mid.data(), C);
+    ops::gemm_add<bf16>(ctx, false, true, N, C, C, 1.0f, s.att.data(), C, p16(P.wo).data, C, x, s.mid.data(), C);
     ops::rmsnorm_forward(ctx, s.ln2.view({N, C}), s.rstd2.view({N}), cview(s.mid.data(), {N, C}), p16(P.ln2),
                          c_.norm_eps);
     bf16* gate = s.gu.data();
@@ -381,8 +345,7 @@ class CudaLlama {
     const size_t wgu[2] = {P.w1, P.w3};
     project(s.ln2.data(), N, C, wgu, 2, P.gu_stride, F, gate);
     ops::swiglu_forward(ctx, s.h.view({N, F}), cview(gate, {N, F}), cview(up, {N, F}));
-    RESBM_CUDA_CHECK(cudaMemcpyAsync(y, s.mid.data(), size_t(N * C) * sizeof(bf16), cudaMemcpyDeviceToDevice, ctx.stream));
-    ops::gemm<bf16>(ctx, false, true, N, C, F, 1.0f, s.h.data(), F, p16(P.w2).data, F, 1.0f, y, C);
+    ops::gemm_add<bf16>(ctx, false, true, N, C, F, 1.0f, s.h.data(), F, p16(P.w2).data, F, s.mid.data(), y, C);
   }
 
   // dres [N, C] holds dL/dy on entry and dL/dx on exit (the norms' backward adds into it).
@@ -409,8 +372,7 @@ class CudaLlama {
                             CudaTensor<bf16>(dv, {B, T, H, D}), cview(datt_.data(), {B, T, H, D}),
                             s.cache.view({int64_t(s.cache.size())}), cview(q, {B, T, H, D}),
                             cview(q + N * C, {B, T, H, D}), cview(q + 2 * N * C, {B, T, H, D}),
-                            cview(s.att.data(), {B, T, H, D}));
-    ops::rope_backward(ctx, CudaTensor<bf16>(dq, {2 * B, T, H, D}), rope_);  // dq and dk too
+                            cview(s.att.data(), {B, T, H, D}), &rope_);  // dq, dk rotated back (RoPE's backward)
     const size_t wqkv[3] = {P.wq, P.wk, P.wv};
     project_backward(s.ln1.data(), dq, N, C, wqkv, 3, P.qkv_stride, C, dln_.data());
     ops::rmsnorm_backward(ctx, CudaTensor<bf16>(dres_p, {N, C}), g32(P.ln1), cview(dln_.data(), {N, C}),

@@ -25,6 +25,7 @@
 
 #include "resbm/ops/cuda/attention_mma.cuh"
 #include "resbm/ops/cuda/common.cuh"
+#include "resbm/ops/cuda/rope.cuh"
 
 namespace resbm::ops {
 
@@ -321,7 +322,8 @@ void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf
 
 template <int HD>
 void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* lse, float* D,
-                const bf16* q, const bf16* k, const bf16* v, const bf16* out, int64_t B, int64_t T, int64_t H) {
+                const bf16* q, const bf16* k, const bf16* v, const bf16* out, int64_t B, int64_t T, int64_t H,
+                const CudaRopeTable* rope) {
   const bool single_pass = cuda_attention_tensor_cores && !cuda_attention_deterministic;
   float* dq_acc = single_pass ? static_cast<float*>(ctx.scratch(size_t(B * T * H) * HD * sizeof(float))) : nullptr;
   const int64_t rows = B * T * H;
@@ -329,7 +331,8 @@ void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout
                                                                                 int(H));
   RESBM_CUDA_LAUNCH_CHECK();
   if (cuda_attention_tensor_cores) {
-    cuda_detail_attn_mma::launch_bwd<HD>(ctx, dq, dq_acc, dk, dv, dout, lse, D, q, k, v, B, T, H);
+    cuda_detail_attn_mma::launch_bwd<HD>(ctx, dq, dq_acc, dk, dv, dout, lse, D, q, k, v, B, T, H,
+                                         rope ? rope->cos() : nullptr, rope ? rope->sin() : nullptr);
     return;
   }
   const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(B * H));
@@ -337,6 +340,10 @@ void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout
   RESBM_CUDA_LAUNCH_CHECK();
   bwd_dkdv<HD><<<grid, kRows * HD / 32, 0, ctx.stream>>>(dk, dv, dout, lse, D, q, k, v, int(T), int(H));
   RESBM_CUDA_LAUNCH_CHECK();
+  if (rope) {  // the reference kernels stay plain: RoPE's own pass
+    rope_backward(ctx, CudaTensor<bf16>(dq, {B, T, H, HD}), *rope);
+    rope_backward(ctx, CudaTensor<bf16>(dk, {B, T, H, HD}), *rope);
+  }
 }
 
 inline void check(const char* what, int64_t hd, const void* p) {
@@ -367,10 +374,14 @@ inline void attention_forward(CudaContext& ctx, CudaTensor<bf16> out, CudaTensor
   }
 }
 
-// dq, dk, dv are WRITTEN (=). The cache's second half is overwritten with D.
+// dq, dk, dv are WRITTEN (=). The cache's second half is overwritten with D. With `rope`
+// (the table q and k were rotated with), dq and dk are rotated back before they are
+// stored: the gradients of q and k before rope_forward, as rope_backward would leave them,
+// rounded to bf16 once instead of twice and without RoPE's own pass over them.
 inline void attention_backward(CudaContext& ctx, CudaTensor<bf16> dq, CudaTensor<bf16> dk, CudaTensor<bf16> dv,
                                CudaTensor<const bf16> dout, CudaTensor<float> cache, CudaTensor<const bf16> q,
-                               CudaTensor<const bf16> k, CudaTensor<const bf16> v, CudaTensor<const bf16> out) {
+                               CudaTensor<const bf16> k, CudaTensor<const bf16> v, CudaTensor<const bf16> out,
+                               const CudaRopeTable* rope = nullptr) {
   using namespace cuda_detail_attn;
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), hd = q.size(3);
   expect_shape(q, {B, T, H, hd}, "attention q");
@@ -386,12 +397,18 @@ inline void attention_backward(CudaContext& ctx, CudaTensor<bf16> dq, CudaTensor
   for (const void* p : {(const void*)q.data, (const void*)k.data, (const void*)v.data, (const void*)out.data,
                         (const void*)dout.data, (const void*)dq.data, (const void*)dk.data, (const void*)dv.data})
     check("attention_backward", hd, p);
+  if (rope) {
+    RESBM_CHECK(rope->head_dim() == hd && rope->seq_len() >= T,
+                cat("attention_backward: RoPE table for head dimension ", rope->head_dim(), " and ", rope->seq_len(),
+                    " positions, attention of head dimension ", hd, " over ", T, " positions"),
+                "pass the table q and k were rotated with");
+  }
   const float* lse = cache.data;
   float* D = cache.data + B * H * T;
   switch (hd) {
-    case 32: launch_bwd<32>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H); break;
-    case 64: launch_bwd<64>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H); break;
-    default: launch_bwd<128>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H); break;
+    case 32: launch_bwd<32>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope); break;
+    case 64: launch_bwd<64>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope); break;
+    default: launch_bwd<128>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope); break;
   }
 }
 

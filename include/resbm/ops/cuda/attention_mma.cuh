@@ -184,18 +184,46 @@ __device__ __forceinline__ void pv(float (&acc)[HD / 8][4], const float (&p)[NT]
 }
 
 // Stores 16 rows × HD of fp32 C fragments (times `scale`) as bf16 rows [row0, row0 + 16).
+// With a RoPE table (cs, sn: [positions, HD/2], position = row) the rows are first rotated
+// back (rope_backward's inverse rotation), which turns the gradient of a rotated q or k
+// into that of the projection's output: the pair (i, i + HD/2) of a row sits in fragments
+// d and d + HD/16 of the same thread, so the rotation needs no shuffle and saves RoPE's
+// own pass over dq and dk.
 template <int HD>
 __device__ __forceinline__ void store_rows(bf16* dst, int64_t ld, int row0, int T, const float (&acc)[HD / 8][4],
-                                           float scale0, float scale1) {
+                                           float scale0, float scale1, const float* cs = nullptr,
+                                           const float* sn = nullptr) {
   const int l = threadIdx.x % 32, g = l / 4, t = l % 4;
+  float o[HD / 8][4];
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[d][e] = acc[d][e] * (e < 2 ? scale0 : scale1);
+  if (cs) {
+    constexpr int kHalf = HD / 2, kFrags = HD / 16;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + g + 8 * h;
+      if (row >= T) continue;
+#pragma unroll
+      for (int d = 0; d < kFrags; ++d) {
+        const int j = d * 8 + 2 * t;
+        const float2 c = *reinterpret_cast<const float2*>(cs + int64_t(row) * kHalf + j);
+        const float2 s = *reinterpret_cast<const float2*>(sn + int64_t(row) * kHalf + j);
+        const float a0 = o[d][2 * h], a1 = o[d][2 * h + 1], b0 = o[d + kFrags][2 * h], b1 = o[d + kFrags][2 * h + 1];
+        o[d][2 * h] = a0 * c.x + b0 * s.x;
+        o[d][2 * h + 1] = a1 * c.y + b1 * s.y;
+        o[d + kFrags][2 * h] = b0 * c.x - a0 * s.x;
+        o[d + kFrags][2 * h + 1] = b1 * c.y - a1 * s.y;
+      }
+    }
+  }
 #pragma unroll
   for (int d = 0; d < HD / 8; ++d) {
     const int col = d * 8 + 2 * t;
-    if (row0 + g < T)
-      *reinterpret_cast<uint32_t*>(dst + int64_t(row0 + g) * ld + col) = pack(acc[d][0] * scale0, acc[d][1] * scale0);
+    if (row0 + g < T) *reinterpret_cast<uint32_t*>(dst + int64_t(row0 + g) * ld + col) = pack(o[d][0], o[d][1]);
     if (row0 + g + 8 < T)
-      *reinterpret_cast<uint32_t*>(dst + int64_t(row0 + g + 8) * ld + col) =
-          pack(acc[d][2] * scale1, acc[d][3] * scale1);
+      *reinterpret_cast<uint32_t*>(dst + int64_t(row0 + g + 8) * ld + col) = pack(o[d][2], o[d][3]);
   }
 }
 
@@ -402,7 +430,7 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads)
     bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout, const float* __restrict__ lse,
            const float* __restrict__ D, const bf16* __restrict__ q, const bf16* __restrict__ k,
-           const bf16* __restrict__ v, int T, int H) {
+           const bf16* __restrict__ v, int T, int H, const float* __restrict__ rcos, const float* __restrict__ rsin) {
   constexpr int P = pitch<HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
@@ -464,7 +492,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
-  store_rows<HD>(dq + base, C, w0, T, acc, scale, scale);
+  store_rows<HD>(dq + base, C, w0, T, acc, scale, scale, rcos, rsin);
 }
 
 // dv_j = Σ_i P_ij dout_i,  dk_j = scale · Σ_i dS_ij q_i over queries i >= j; per key tile,
@@ -479,7 +507,8 @@ template <int HD, bool DQ>
 __global__ void __launch_bounds__(kThreads)
     bwd_dkdv(float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
              const float* __restrict__ lse, const float* __restrict__ D, const bf16* __restrict__ q,
-             const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H) {
+             const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, const float* __restrict__ rcos,
+             const float* __restrict__ rsin) {
   constexpr int P = pitch<HD>(), BQ = dkdv_bq<HD>(), NT = BQ / 8, PS = ds_pitch<HD>();
   constexpr int RG = BQ / 16, DC = HD * RG / kWarps;  // dq product: row groups, columns per warp
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -595,7 +624,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  store_rows<HD>(dk + base, C, w0, T, dka, scale, scale);
+  store_rows<HD>(dk + base, C, w0, T, dka, scale, scale, rcos, rsin);
   store_rows<HD>(dv + base, C, w0, T, dva, 1.0f, 1.0f);
 }
 
@@ -616,6 +645,40 @@ __global__ void dq_convert(bf16* __restrict__ dq, const float* __restrict__ acc,
     const float f[8] = {a.x * scale, a.y * scale, a.z * scale, a.w * scale,
                         b.x * scale, b.y * scale, b.z * scale, b.w * scale};
     reinterpret_cast<resbm::cuda_detail::Pack8*>(dq)[i] = resbm::cuda_detail::pack8(f);
+  }
+}
+
+// The same with the RoPE table: 8 pairs (i, i + HD/2) of a row per step, rotated back
+// (rope_backward) before the one rounding to bf16.
+template <int HD>
+__global__ void dq_convert_rope(bf16* __restrict__ dq, const float* __restrict__ acc, int64_t n8, float scale,
+                                const float* __restrict__ cs, const float* __restrict__ sn, int T, int H) {
+  using resbm::cuda_detail::Pack8;
+  constexpr int kHalf = HD / 2, kSteps = HD / 16;  // steps of 8 pairs per row
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / kSteps;  // (b·T + t)·H + h
+    const int j0 = int(i % kSteps) * 8, t = int(row / H % T);
+    const float4* lo = reinterpret_cast<const float4*>(acc + row * HD + j0);
+    const float4* hi = reinterpret_cast<const float4*>(acc + row * HD + kHalf + j0);
+    const float4* c4 = reinterpret_cast<const float4*>(cs + int64_t(t) * kHalf + j0);
+    const float4* s4 = reinterpret_cast<const float4*>(sn + int64_t(t) * kHalf + j0);
+    float a[8], b[8], c[8], s[8];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float4 av = lo[h], bv = hi[h], cv = c4[h], sv = s4[h];
+      a[4 * h] = av.x, a[4 * h + 1] = av.y, a[4 * h + 2] = av.z, a[4 * h + 3] = av.w;
+      b[4 * h] = bv.x, b[4 * h + 1] = bv.y, b[4 * h + 2] = bv.z, b[4 * h + 3] = bv.w;
+      c[4 * h] = cv.x, c[4 * h + 1] = cv.y, c[4 * h + 2] = cv.z, c[4 * h + 3] = cv.w;
+      s[4 * h] = sv.x, s[4 * h + 1] = sv.y, s[4 * h + 2] = sv.z, s[4 * h + 3] = sv.w;
+    }
+    float ol[8], oh[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      ol[e] = scale * (a[e] * c[e] + b[e] * s[e]);
+      oh[e] = scale * (b[e] * c[e] - a[e] * s[e]);
+    }
+    *reinterpret_cast<Pack8*>(dq + row * HD + j0) = resbm::cuda_detail::pack8(ol);
+    *reinterpret_cast<Pack8*>(dq + row * HD + kHalf + j0) = resbm::cuda_detail::pack8(oh);
   }
 }
 
@@ -647,26 +710,34 @@ void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf
 }
 
 // D must already hold rowsum(dout ⊙ out). dq_acc: null for the deterministic two kernels,
-// else the single pass's fp32 dq accumulator ([B, T, H, HD], already zero).
+// else the single pass's fp32 dq accumulator ([B, T, H, HD], already zero). rcos, rsin:
+// null, or a RoPE table ([≥ T, HD/2]) to rotate dq and dk back with before they are stored.
 template <int HD>
 void launch_bwd(CudaContext& ctx, bf16* dq, float* dq_acc, bf16* dk, bf16* dv, const bf16* dout, const float* lse,
-                const float* D, const bf16* q, const bf16* k, const bf16* v, int64_t B, int64_t T, int64_t H) {
+                const float* D, const bf16* q, const bf16* k, const bf16* v, int64_t B, int64_t T, int64_t H,
+                const float* rcos, const float* rsin) {
   configure<HD>();
   const dim3 grid(unsigned((T + kBM - 1) / kBM), unsigned(B * H));
+  const float scale = 1.0f / sqrtf(float(HD));
   if (dq_acc) {
     bwd_dkdv<HD, true><<<grid, kThreads, dkdv_smem<HD, true>(), ctx.stream>>>(dq_acc, dk, dv, dout, lse, D, q, k, v,
-                                                                              int(T), int(H));
+                                                                              int(T), int(H), rcos, rsin);
     RESBM_CUDA_LAUNCH_CHECK();
-    const int64_t n8 = B * T * H * HD / 8;
-    dq_convert<<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8,
-                                                                              1.0f / sqrtf(float(HD)));
+    if (rcos) {
+      const int64_t n8 = B * T * H * HD / 16;
+      dq_convert_rope<HD><<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8, scale, rcos,
+                                                                                         rsin, int(T), int(H));
+    } else {
+      const int64_t n8 = B * T * H * HD / 8;
+      dq_convert<<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8, scale);
+    }
     RESBM_CUDA_LAUNCH_CHECK();
     return;
   }
-  bwd_dq<HD><<<grid, kThreads, dq_smem<HD>(), ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H));
+  bwd_dq<HD><<<grid, kThreads, dq_smem<HD>(), ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H), rcos, rsin);
   RESBM_CUDA_LAUNCH_CHECK();
   bwd_dkdv<HD, false><<<grid, kThreads, dkdv_smem<HD, false>(), ctx.stream>>>(nullptr, dk, dv, dout, lse, D, q, k, v,
-                                                                              int(T), int(H));
+                                                                              int(T), int(H), rcos, rsin);
   RESBM_CUDA_LAUNCH_CHECK();
 }
 

@@ -20,23 +20,31 @@ __device__ __forceinline__ void stf(bf16* p, float v) {
 }
 __device__ __forceinline__ void stf(float* p, float v) { *p = v; }
 
-// 8 bf16 = 16 bytes: one vector load or store.
+// 8 bf16 = 16 bytes, held as four 32-bit words so that copying one is a single 16-byte
+// load or store: as four __nv_bfloat162 it compiled to four 4-byte accesses (PTX of CUDA
+// 13), a quarter of the width every 16-byte kernel was written for.
 struct alignas(16) Pack8 {
-  __nv_bfloat162 h[4];
+  uint4 u;
 };
+__device__ __forceinline__ Pack8 ld8(const bf16* p) { return *reinterpret_cast<const Pack8*>(p); }
+__device__ __forceinline__ void st8(bf16* p, Pack8 v) { *reinterpret_cast<Pack8*>(p) = v; }
+// bf16 -> fp32 is exact: a bf16 is the upper half of its float (element 0 in the low half).
 __device__ __forceinline__ void unpack8(const Pack8& p, float* f) {
+  const unsigned u[4] = {p.u.x, p.u.y, p.u.z, p.u.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    float2 t = __bfloat1622float2(p.h[i]);
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
   }
 }
 __device__ __forceinline__ Pack8 pack8(const float* f) {
-  Pack8 p;
+  unsigned u[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) p.h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-  return p;
+  for (int i = 0; i < 4; ++i) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    u[i] = *reinterpret_cast<const unsigned*>(&h);
+  }
+  return Pack8{make_uint4(u[0], u[1], u[2], u[3])};
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -74,16 +74,13 @@ inline int fastest(CudaContext& ctx, const LtPlan& p, const cublasLtMatmulHeuris
 
 }  // namespace cuda_detail_matmul
 
-// `batch` GEMMs C_i = alpha · op(A_i) · op(B_i) + beta · C_i in one launch, X_i = X + i ·
-// stride_X (elements; a stride of 0 shares the operand). The fused projections use it: the
-// q, k, v (and gate, up) weights lie at equal distances in the arena, so one launch
-// computes all three from the same input into adjacent outputs, with 3x the tiles to fill
-// the SMs with, and the weight gradients likewise.
+namespace cuda_detail_matmul {
+// D_i = alpha · op(A_i) · op(B_i) + beta · C_i; C and D share ldc and stride_c and are either
+// the same array or do not overlap.
 template <class TC>
-void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                  const bf16* A, int64_t lda, int64_t stride_a, const bf16* B, int64_t ldb, int64_t stride_b,
-                  float beta, TC* C, int64_t ldc, int64_t stride_c, int64_t batch) {
-  using namespace cuda_detail_matmul;
+void lt_gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+             const bf16* A, int64_t lda, int64_t stride_a, const bf16* B, int64_t ldb, int64_t stride_b, float beta,
+             const TC* C, TC* D, int64_t ldc, int64_t stride_c, int64_t batch) {
   if (M == 0 || N == 0 || batch == 0) return;
   if (batch == 1) stride_a = stride_b = stride_c = 0;
   // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep
@@ -97,7 +94,8 @@ void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64
   auto align = [](const void* p, int64_t stride_bytes) {
     return std::min(alignment_of(p), stride_bytes ? alignment_of(reinterpret_cast<const void*>(stride_bytes)) : 256);
   };
-  const int al_a = align(B, stride_b * 2), al_b = align(A, stride_a * 2), al_c = align(C, stride_c * int64_t(sizeof(TC)));
+  const int al_a = align(B, stride_b * 2), al_b = align(A, stride_a * 2),
+            al_c = std::min(align(C, stride_c * int64_t(sizeof(TC))), align(D, stride_c * int64_t(sizeof(TC))));
   const LtKey key{int(opa), int(opb), m, n, k, ldb, lda, ldc, int(ct), al_a, al_b, al_c, 0, 0,
                   batch, stride_b, stride_a, stride_c};
   auto it = ctx.plans.find(key);
@@ -152,8 +150,22 @@ void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64
     it = ctx.plans.emplace(key, p).first;
   }
   const LtPlan& p = it->second;
-  RESBM_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
+  RESBM_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, D, p.c, &p.algo,
                                     ctx.workspace.data(), ctx.workspace.size(), ctx.stream));
+}
+}  // namespace cuda_detail_matmul
+
+// `batch` GEMMs C_i = alpha · op(A_i) · op(B_i) + beta · C_i in one launch, X_i = X + i ·
+// stride_X (elements; a stride of 0 shares the operand). The fused projections use it: the
+// q, k, v (and gate, up) weights lie at equal distances in the arena, so one launch
+// computes all three from the same input into adjacent outputs, with 3x the tiles to fill
+// the SMs with, and the weight gradients likewise.
+template <class TC>
+void gemm_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const bf16* A, int64_t lda, int64_t stride_a, const bf16* B, int64_t ldb, int64_t stride_b,
+                  float beta, TC* C, int64_t ldc, int64_t stride_c, int64_t batch) {
+  cuda_detail_matmul::lt_gemm<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C,
+                                  C, ldc, stride_c, batch);
 }
 
 // C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, all row-major (as the CPU gemm).
@@ -162,6 +174,17 @@ template <class TC>
 void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta, TC* C, int64_t ldc) {
   gemm_batched<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+// out[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + addend[M,N] (row-major, leading dimension
+// ldc for both; addend and out are the same array or do not overlap). The residual adds
+// ride on it: cuBLASLt reads the residual stream as C and writes D elsewhere, so the
+// stream is not first copied into the output.
+template <class TC>
+void gemm_add(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const bf16* A, int64_t lda, const bf16* B, int64_t ldb, const TC* addend, TC* out, int64_t ldc) {
+  cuda_detail_matmul::lt_gemm<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, 1.0f, addend, out, ldc,
+                                  0, 1);
 }
 
 // out[N,OC] = inp[N,C] · weight[OC,C]ᵀ; out is bf16 or float.

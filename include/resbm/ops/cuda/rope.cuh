@@ -49,36 +49,40 @@ __global__ void apply(bf16* __restrict__ x, const float* __restrict__ cs, const 
     stf(hi, a * s + b * c);
   }
 }
-// Eight pairs per thread: 16-byte loads of both halves and 32-byte loads of the table,
-// 32-bit index arithmetic (the scalar kernel above ran at a quarter of the copy bandwidth,
-// its 2-byte accesses and 64-bit divisions per element being the cost).
+// Eight pairs per thread and head: 16-byte loads of both halves, 32-bit index arithmetic
+// (a scalar kernel with 2-byte accesses and 64-bit divisions ran at a quarter of the copy
+// bandwidth). A thread owns one position's eight pairs and walks its heads, so the 64
+// bytes of cos/sin are loaded once per position instead of once per head.
 __global__ void apply8(bf16* __restrict__ x, const float* __restrict__ cs, const float* __restrict__ sn,
-                       unsigned rows, unsigned S, unsigned H, unsigned half, float sign) {
+                       unsigned positions, unsigned S, unsigned H, unsigned half, float sign) {
   using namespace resbm::cuda_detail;
-  const unsigned per_row = half / 8, total = rows * per_row;
+  const unsigned per_pos = half / 8, total = positions * per_pos;
   for (unsigned idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
-    const unsigned j = idx % per_row, bsh = idx / per_row, t = (bsh / H) % S, i0 = j * 8;
-    auto* lo = reinterpret_cast<Pack8*>(x + size_t(bsh) * (2 * half) + i0);
-    auto* hi = reinterpret_cast<Pack8*>(x + size_t(bsh) * (2 * half) + half + i0);
-    float a[8], b[8], c[8], s[8];
-    unpack8(*lo, a);
-    unpack8(*hi, b);
+    const unsigned j = idx % per_pos, bs = idx / per_pos, t = bs % S, i0 = j * 8;
+    float c[8], s[8];
     const float4* c4 = reinterpret_cast<const float4*>(cs + size_t(t) * half + i0);
     const float4* s4 = reinterpret_cast<const float4*>(sn + size_t(t) * half + i0);
     for (int q = 0; q < 2; ++q) {
       const float4 cv = c4[q], sv = s4[q];
       c[4 * q] = cv.x, c[4 * q + 1] = cv.y, c[4 * q + 2] = cv.z, c[4 * q + 3] = cv.w;
-      s[4 * q] = sv.x, s[4 * q + 1] = sv.y, s[4 * q + 2] = sv.z, s[4 * q + 3] = sv.w;
+      s[4 * q] = sign * sv.x, s[4 * q + 1] = sign * sv.y, s[4 * q + 2] = sign * sv.z, s[4 * q + 3] = sign * sv.w;
     }
-    float ol[8], oh[8];
+    bf16* row = x + size_t(bs) * H * (2 * half) + i0;
+#pragma unroll 4
+    for (unsigned h = 0; h < H; ++h) {
+      auto* lo = reinterpret_cast<Pack8*>(row + size_t(h) * (2 * half));
+      auto* hi = reinterpret_cast<Pack8*>(row + size_t(h) * (2 * half) + half);
+      float a[8], b[8], ol[8], oh[8];
+      unpack8(*lo, a);
+      unpack8(*hi, b);
 #pragma unroll
-    for (int q = 0; q < 8; ++q) {
-      const float sq = sign * s[q];
-      ol[q] = a[q] * c[q] - b[q] * sq;
-      oh[q] = a[q] * sq + b[q] * c[q];
+      for (int q = 0; q < 8; ++q) {
+        ol[q] = a[q] * c[q] - b[q] * s[q];
+        oh[q] = a[q] * s[q] + b[q] * c[q];
+      }
+      *lo = pack8(ol);
+      *hi = pack8(oh);
     }
-    *lo = pack8(ol);
-    *hi = pack8(oh);
   }
 }
 
@@ -90,9 +94,9 @@ inline void launch(CudaContext& ctx, CudaTensor<bf16> x, const CudaRopeTable& ta
   const int64_t total = B * S * H * (hd / 2);
   if (total == 0) return;
   if (hd % 16 == 0 && cuda_detail::aligned16(x.data) && B * S * H < (int64_t(1) << 31) / hd) {
-    const unsigned rows = unsigned(B * S * H);
-    apply8<<<cuda_detail::grid_for(total / 8, 256), 256, 0, ctx.stream>>>(
-        x.data, table.cos(), table.sin(), rows, unsigned(S), unsigned(H), unsigned(hd / 2), sign);
+    const int64_t positions = B * S;
+    apply8<<<cuda_detail::grid_for(positions * (hd / 16), 256), 256, 0, ctx.stream>>>(
+        x.data, table.cos(), table.sin(), unsigned(positions), unsigned(S), unsigned(H), unsigned(hd / 2), sign);
     RESBM_CUDA_LAUNCH_CHECK();
     return;
   }
