@@ -131,6 +131,11 @@ int main(int argc, char** argv) {
     add("swiglu_backward", 5 * a, 0, [&] {
       ops::swiglu_backward(ctx, dg.view({N, F}), du.view({N, F}), d.view({N, F}), g.view({N, F}), u.view({N, F}));
     });
+    auto dgu = rnd<bf16>(ctx, 2 * N * F);  // the model's layout: dgate | dup in one [N, 2F]
+    add("swiglu_backward (into [N, 2F])", 5 * a, 0, [&] {
+      ops::swiglu_backward(ctx, CudaTensor<bf16>(dgu.data(), {N, F}), CudaTensor<bf16>(dgu.data() + F, {N, F}),
+                           d.view({N, F}), g.view({N, F}), u.view({N, F}), 2 * F);
+    });
   }
   {
     auto logits = rnd<bf16>(ctx, N * V, 2.0f), dl = rnd<bf16>(ctx, N * V);

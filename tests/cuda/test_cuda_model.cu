@@ -183,5 +183,8 @@ TEST_CASE("cuda llama: batched q/k/v and gate/up projections give the per-weight
   std::printf("fused projections: loss %.7f vs %.7f, gradients rel err %.3e\n", loss[0], loss[1], e);
   CHECK(std::isfinite(loss[0]));
   CHECK(std::abs(loss[0] - loss[1]) / loss[1] < 1e-4);
-  CHECK(e < 1e-3);
+  // The forward is the same sums; the backward's input gradient of q/k/v (gate/up) is one
+  // GEMM over [N, 3C] rounded to bf16 once when fused, and per weight rounded after each
+  // of its 3 (2) accumulations: the gradients agree to bf16 rounding, not bitwise.
+  CHECK(e < 1e-2);
 }

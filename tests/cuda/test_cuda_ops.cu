@@ -271,6 +271,19 @@ TEST_CASE("cuda swiglu forward and backward match the CPU op") {
   CHECK_REL(download(out), ref, kBf16);
   CHECK_REL(download(dg), rdg, kBf16);
   CHECK_REL(download(du), rdu, kBf16);
+  // grad_ld = 2F: dgate and dup as the column blocks of one [N, 2F] matrix (the model's).
+  auto both = poisoned<bf16>(size_t(2 * N * F));
+  ops::swiglu_backward(ctx(), CudaTensor<bf16>(both.data(), {N, F}), CudaTensor<bf16>(both.data() + F, {N, F}),
+                       d_dout.view({N, F}), d_g.view({N, F}), d_u.view({N, F}), 2 * F);
+  const auto all = download(both);
+  std::vector<float> sdg(size_t(N * F)), sdu(size_t(N * F));
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t c = 0; c < F; ++c) {
+      sdg[size_t(r * F + c)] = all[size_t(r * 2 * F + c)];
+      sdu[size_t(r * F + c)] = all[size_t(r * 2 * F + F + c)];
+    }
+  CHECK_REL(sdg, rdg, kBf16);
+  CHECK_REL(sdu, rdu, kBf16);
   }
 }
 
@@ -418,13 +431,24 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
       CHECK_REL(download(d_dq), rdq, 2 * kBf16);
       CHECK_REL(download(d_dk), rdk, 2 * kBf16);
       CHECK_REL(download(d_dv), rdv, kBf16);
-      // With the RoPE table, dq and dk come out rotated back, as rope_backward leaves them.
-      auto r_dq = poisoned<bf16>(n), r_dk = poisoned<bf16>(n), r_dv = poisoned<bf16>(n);
-      ops::attention_backward(ctx(), V4(r_dq), V4(r_dk), V4(r_dv), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
-                              V4(d_out), &drope);
-      CHECK_REL(download(r_dq), rope_dq, 2 * kBf16);
-      CHECK_REL(download(r_dk), rope_dk, 2 * kBf16);
-      CHECK_REL(download(r_dv), rdv, kBf16);
+      // With the RoPE table, dq and dk come out rotated back, as rope_backward leaves them;
+      // with grad_ld = 3C, as the column blocks of one [B·T, 3C] matrix (the model's layout).
+      const int64_t C = s.H * s.hd;
+      auto g3 = poisoned<bf16>(3 * n);
+      auto G4 = [&](int part) { return CudaTensor<bf16>(g3.data() + part * C, {s.B, s.T, s.H, s.hd}); };
+      ops::attention_backward(ctx(), G4(0), G4(1), G4(2), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
+                              V4(d_out), &drope, 3 * C);
+      const auto all = download(g3);
+      std::vector<float> r_dq(n), r_dk(n), r_dv(n);
+      for (size_t row = 0; row < n / size_t(C); ++row)
+        for (size_t c = 0; c < size_t(C); ++c) {
+          r_dq[row * C + c] = all[row * 3 * C + c];
+          r_dk[row * C + c] = all[row * 3 * C + C + c];
+          r_dv[row * C + c] = all[row * 3 * C + 2 * C + c];
+        }
+      CHECK_REL(r_dq, rope_dq, 2 * kBf16);
+      CHECK_REL(r_dk, rope_dk, 2 * kBf16);
+      CHECK_REL(r_dv, rdv, kBf16);
     }
   }
   ops::cuda_attention_tensor_cores = true;

@@ -30,6 +30,7 @@ namespace resbm::nn {
 
 // What one block keeps between forward and backward (bf16 unless noted). q, k, v are one
 // buffer [3, N, C] and gate, up one [2, N, F], so each group is one batched GEMM's output.
+// (Their gradients are laid out [N, 3C] and [N, 2F] instead: see project_backward.)
 struct CudaBlockActivations {
   DeviceBuffer<bf16> ln1, qkv, att, mid, ln2, gu, h;
   DeviceBuffer<float> rstd1, rstd2, cache;
@@ -308,20 +309,24 @@ class CudaLlama {
     for (int i = 0; i < count; ++i)
       ops::gemm<bf16>(*ctx_, false, true, N, OC, K, 1.0f, in, K, p16(w[i]).data, K, 0.0f, out + i * N * OC, OC);
   }
-  // Backward of project(): weight gradients += doutᵢᵀ · in (batched like the forward), and
-  // din = Σᵢ doutᵢ · Wᵢ, written.
+  // Backward of project(). dout is [N, count·OC]: the gradients of the count outputs side by
+  // side in each row. Weight gradients += doutᵢᵀ · in and din = Σᵢ doutᵢ · Wᵢ (written):
+  // with the weights adjacent in the arena (w_stride = OC·K) they are one [count·OC, K]
+  // matrix and each sum is one GEMM (K = count·OC for din, which per weight took count
+  // GEMMs adding into din); else a GEMM per weight on dout's column blocks.
   void project_backward(const bf16* in, const bf16* dout, int64_t N, int64_t K, const size_t* w, int count,
                         int64_t w_stride, int64_t OC, bf16* din) {
-    if (fuse_projections && w_stride > 0) {
-      ops::gemm_batched<float>(*ctx_, true, false, OC, K, N, 1.0f, dout, OC, N * OC, in, K, 0, 1.0f, g32(w[0]).data, K,
-                               w_stride, count);
-    } else {
-      for (int i = 0; i < count; ++i)
-        ops::gemm<float>(*ctx_, true, false, OC, K, N, 1.0f, dout + i * N * OC, OC, in, K, 1.0f, g32(w[i]).data, K);
+    const int64_t ld = count * OC;
+    if (fuse_projections && w_stride == OC * K) {
+      ops::gemm<float>(*ctx_, true, false, ld, K, N, 1.0f, dout, ld, in, K, 1.0f, g32(w[0]).data, K);
+      ops::gemm<bf16>(*ctx_, false, false, N, K, ld, 1.0f, dout, ld, p16(w[0]).data, K, 0.0f, din, K);
+      return;
     }
-    for (int i = 0; i < count; ++i)
-      ops::gemm<bf16>(*ctx_, false, false, N, K, OC, 1.0f, dout + i * N * OC, OC, p16(w[i]).data, K,
+    for (int i = 0; i < count; ++i) {
+      ops::gemm<float>(*ctx_, true, false, OC, K, N, 1.0f, dout + i * OC, ld, in, K, 1.0f, g32(w[i]).data, K);
+      ops::gemm<bf16>(*ctx_, false, false, N, K, OC, 1.0f, dout + i * OC, ld, p16(w[i]).data, K,
                       i == 0 ? 0.0f : 1.0f, din, K);
+    }
   }
 
   // x [N, C] -> y [N, C]. The residual adds ride on the output projections: the GEMM
@@ -356,9 +361,9 @@ class CudaLlama {
     // MLP half: y = mid + w2·swiglu(w1·ln2, w3·ln2)
     ops::matmul_backward(ctx, dh_.view({N, F}), g32(P.w2), dres, cview(s.h.data(), {N, F}), p16(P.w2), false);
     const bf16* gate = s.gu.data();
-    bf16* dgate = dgu_.data();
-    ops::swiglu_backward(ctx, CudaTensor<bf16>(dgate, {N, F}), CudaTensor<bf16>(dgate + N * F, {N, F}),
-                         cview(dh_.data(), {N, F}), cview(gate, {N, F}), cview(gate + N * F, {N, F}));
+    bf16* dgate = dgu_.data();  // [N, 2F]: dgate | dup
+    ops::swiglu_backward(ctx, CudaTensor<bf16>(dgate, {N, F}), CudaTensor<bf16>(dgate + F, {N, F}),
+                         cview(dh_.data(), {N, F}), cview(gate, {N, F}), cview(gate + N * F, {N, F}), 2 * F);
     const size_t wgu[2] = {P.w1, P.w3};
     project_backward(s.ln2.data(), dgate, N, C, wgu, 2, P.gu_stride, F, dln_.data());
     ops::rmsnorm_backward(ctx, CudaTensor<bf16>(dres_p, {N, C}), g32(P.ln2), cview(dln_.data(), {N, C}),
@@ -366,13 +371,13 @@ class CudaLlama {
     // Attention half: mid = x + wo·attn(rope(wq·ln1), rope(wk·ln1), wv·ln1)
     ops::matmul_backward(ctx, datt_.view({N, C}), g32(P.wo), dres, cview(s.att.data(), {N, C}), p16(P.wo), false);
     const bf16* q = s.qkv.data();
-    bf16* dq = dqkv_.data();
-    bf16 *dk = dq + N * C, *dv = dk + N * C;
+    bf16* dq = dqkv_.data();  // [N, 3C]: dq | dk | dv
+    bf16 *dk = dq + C, *dv = dq + 2 * C;
     ops::attention_backward(ctx, CudaTensor<bf16>(dq, {B, T, H, D}), CudaTensor<bf16>(dk, {B, T, H, D}),
                             CudaTensor<bf16>(dv, {B, T, H, D}), cview(datt_.data(), {B, T, H, D}),
                             s.cache.view({int64_t(s.cache.size())}), cview(q, {B, T, H, D}),
                             cview(q + N * C, {B, T, H, D}), cview(q + 2 * N * C, {B, T, H, D}),
-                            cview(s.att.data(), {B, T, H, D}), &rope_);  // dq, dk rotated back (RoPE's backward)
+                            cview(s.att.data(), {B, T, H, D}), &rope_, 3 * C);  // dq, dk rotated back
     const size_t wqkv[3] = {P.wq, P.wk, P.wv};
     project_backward(s.ln1.data(), dq, N, C, wqkv, 3, P.qkv_stride, C, dln_.data());
     ops::rmsnorm_backward(ctx, CudaTensor<bf16>(dres_p, {N, C}), g32(P.ln1), cview(dln_.data(), {N, C}),

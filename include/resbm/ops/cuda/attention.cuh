@@ -189,7 +189,7 @@ template <int HD>
 __global__ void __launch_bounds__(kRows * HD / 32)
     bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout, const float* __restrict__ lse,
            const float* __restrict__ D, const bf16* __restrict__ q, const bf16* __restrict__ k,
-           const bf16* __restrict__ v, int T, int H) {
+           const bf16* __restrict__ v, int T, int H, int64_t G) {
   constexpr int R = HD / 32, NT = kRows * R;
   __shared__ alignas(16) bf16 Ks[kTile * HD];
   __shared__ alignas(16) bf16 Vs[kTile * HD];
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(kRows * HD / 32)
   if (i < T) {
 #pragma unroll
     for (int d = 0; d < 32; ++d) acc[d] *= scale;
-    store32(dq + base + int64_t(i) * C + part * 32, acc);
+    store32(dq + int64_t(b) * T * G + int64_t(h) * HD + int64_t(i) * G + part * 32, acc);
   }
 }
 
@@ -247,7 +247,7 @@ template <int HD>
 __global__ void __launch_bounds__(kRows * HD / 32)
     bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
              const float* __restrict__ lse, const float* __restrict__ D, const bf16* __restrict__ q,
-             const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H) {
+             const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, int64_t G) {
   constexpr int R = HD / 32, NT = kRows * R;
   __shared__ alignas(16) bf16 Qs[kTile * HD];
   __shared__ alignas(16) bf16 Gs[kTile * HD];
@@ -303,8 +303,9 @@ __global__ void __launch_bounds__(kRows * HD / 32)
   if (j < T) {
 #pragma unroll
     for (int d = 0; d < 32; ++d) dka[d] *= scale;
-    store32(dk + base + int64_t(j) * C + part * 32, dka);
-    store32(dv + base + int64_t(j) * C + part * 32, dva);
+    const int64_t at = int64_t(b) * T * G + int64_t(h) * HD + int64_t(j) * G + part * 32;
+    store32(dk + at, dka);
+    store32(dv + at, dva);
   }
 }
 
@@ -323,7 +324,7 @@ void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf
 template <int HD>
 void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* lse, float* D,
                 const bf16* q, const bf16* k, const bf16* v, const bf16* out, int64_t B, int64_t T, int64_t H,
-                const CudaRopeTable* rope) {
+                const CudaRopeTable* rope, int64_t G) {
   const bool single_pass = cuda_attention_tensor_cores && !cuda_attention_deterministic;
   float* dq_acc = single_pass ? static_cast<float*>(ctx.scratch(size_t(B * T * H) * HD * sizeof(float))) : nullptr;
   const int64_t rows = B * T * H;
@@ -332,17 +333,17 @@ void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout
   RESBM_CUDA_LAUNCH_CHECK();
   if (cuda_attention_tensor_cores) {
     cuda_detail_attn_mma::launch_bwd<HD>(ctx, dq, dq_acc, dk, dv, dout, lse, D, q, k, v, B, T, H,
-                                         rope ? rope->cos() : nullptr, rope ? rope->sin() : nullptr);
+                                         rope ? rope->cos() : nullptr, rope ? rope->sin() : nullptr, G);
     return;
   }
   const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(B * H));
-  bwd_dq<HD><<<grid, kRows * HD / 32, 0, ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H));
+  bwd_dq<HD><<<grid, kRows * HD / 32, 0, ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H), G);
   RESBM_CUDA_LAUNCH_CHECK();
-  bwd_dkdv<HD><<<grid, kRows * HD / 32, 0, ctx.stream>>>(dk, dv, dout, lse, D, q, k, v, int(T), int(H));
+  bwd_dkdv<HD><<<grid, kRows * HD / 32, 0, ctx.stream>>>(dk, dv, dout, lse, D, q, k, v, int(T), int(H), G);
   RESBM_CUDA_LAUNCH_CHECK();
   if (rope) {  // the reference kernels stay plain: RoPE's own pass
-    rope_backward(ctx, CudaTensor<bf16>(dq, {B, T, H, HD}), *rope);
-    rope_backward(ctx, CudaTensor<bf16>(dk, {B, T, H, HD}), *rope);
+    rope_backward(ctx, CudaTensor<bf16>(dq, {B, T, H, HD}), *rope, G);
+    rope_backward(ctx, CudaTensor<bf16>(dk, {B, T, H, HD}), *rope, G);
   }
 }
 
@@ -378,10 +379,13 @@ inline void attention_forward(CudaContext& ctx, CudaTensor<bf16> out, CudaTensor
 // (the table q and k were rotated with), dq and dk are rotated back before they are
 // stored: the gradients of q and k before rope_forward, as rope_backward would leave them,
 // rounded to bf16 once instead of twice and without RoPE's own pass over them.
+// grad_ld: elements from one (b, t) row of dq, dk and dv to the next (0: H·hd, contiguous).
+// The model passes 3·H·hd: its three gradients are the column blocks of one [B·T, 3·C]
+// matrix, so that the projections' input gradient is one GEMM with K = 3·C.
 inline void attention_backward(CudaContext& ctx, CudaTensor<bf16> dq, CudaTensor<bf16> dk, CudaTensor<bf16> dv,
                                CudaTensor<const bf16> dout, CudaTensor<float> cache, CudaTensor<const bf16> q,
                                CudaTensor<const bf16> k, CudaTensor<const bf16> v, CudaTensor<const bf16> out,
-                               const CudaRopeTable* rope = nullptr) {
+                               const CudaRopeTable* rope = nullptr, int64_t grad_ld = 0) {
   using namespace cuda_detail_attn;
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), hd = q.size(3);
   expect_shape(q, {B, T, H, hd}, "attention q");
@@ -397,6 +401,10 @@ inline void attention_backward(CudaContext& ctx, CudaTensor<bf16> dq, CudaTensor
   for (const void* p : {(const void*)q.data, (const void*)k.data, (const void*)v.data, (const void*)out.data,
                         (const void*)dout.data, (const void*)dq.data, (const void*)dk.data, (const void*)dv.data})
     check("attention_backward", hd, p);
+  const int64_t G = grad_ld ? grad_ld : H * hd;
+  RESBM_CHECK(G >= H * hd && G % 8 == 0,
+              cat("attention_backward: gradient row stride ", G, " for rows of ", H * hd, " elements"),
+              "pass 0 (contiguous) or a multiple of 8 no smaller than heads · head dimension");
   if (rope) {
     RESBM_CHECK(rope->head_dim() == hd && rope->seq_len() >= T,
                 cat("attention_backward: RoPE table for head dimension ", rope->head_dim(), " and ", rope->seq_len(),
@@ -406,9 +414,9 @@ inline void attention_backward(CudaContext& ctx, CudaTensor<bf16> dq, CudaTensor
   const float* lse = cache.data;
   float* D = cache.data + B * H * T;
   switch (hd) {
-    case 32: launch_bwd<32>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope); break;
-    case 64: launch_bwd<64>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope); break;
-    default: launch_bwd<128>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope); break;
+    case 32: launch_bwd<32>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope, G); break;
+    case 64: launch_bwd<64>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope, G); break;
+    default: launch_bwd<128>(ctx, dq.data, dk.data, dv.data, dout.data, lse, D, q.data, k.data, v.data, out.data, B, T, H, rope, G); break;
   }
 }
 

@@ -430,7 +430,8 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads)
     bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout, const float* __restrict__ lse,
            const float* __restrict__ D, const bf16* __restrict__ q, const bf16* __restrict__ k,
-           const bf16* __restrict__ v, int T, int H, const float* __restrict__ rcos, const float* __restrict__ rsin) {
+           const bf16* __restrict__ v, int T, int H, const float* __restrict__ rcos, const float* __restrict__ rsin,
+           int64_t G) {
   constexpr int P = pitch<HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
@@ -492,7 +493,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
-  store_rows<HD>(dq + base, C, w0, T, acc, scale, scale, rcos, rsin);
+  store_rows<HD>(dq + int64_t(b) * T * G + int64_t(h) * HD, G, w0, T, acc, scale, scale, rcos, rsin);
 }
 
 // dv_j = Σ_i P_ij dout_i,  dk_j = scale · Σ_i dS_ij q_i over queries i >= j; per key tile,
@@ -508,7 +509,7 @@ __global__ void __launch_bounds__(kThreads)
     bwd_dkdv(float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
              const float* __restrict__ lse, const float* __restrict__ D, const bf16* __restrict__ q,
              const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, const float* __restrict__ rcos,
-             const float* __restrict__ rsin) {
+             const float* __restrict__ rsin, int64_t G) {
   constexpr int P = pitch<HD>(), BQ = dkdv_bq<HD>(), NT = BQ / 8, PS = ds_pitch<HD>();
   constexpr int RG = BQ / 16, DC = HD * RG / kWarps;  // dq product: row groups, columns per warp
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -624,8 +625,9 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  store_rows<HD>(dk + base, C, w0, T, dka, scale, scale, rcos, rsin);
-  store_rows<HD>(dv + base, C, w0, T, dva, 1.0f, 1.0f);
+  const int64_t gbase = int64_t(b) * T * G + int64_t(h) * HD;  // dk, dv rows are G apart
+  store_rows<HD>(dk + gbase, G, w0, T, dka, scale, scale, rcos, rsin);
+  store_rows<HD>(dv + gbase, G, w0, T, dva, 1.0f, 1.0f);
 }
 
 template <int HD, int MT>
@@ -638,13 +640,16 @@ constexpr size_t dkdv_smem() {
          (DQ ? size_t(kBM) * ds_pitch<HD>() * sizeof(bf16) : 0);
 }
 
-// dq = bf16(scale · acc), 8 elements per step.
-__global__ void dq_convert(bf16* __restrict__ dq, const float* __restrict__ acc, int64_t n8, float scale) {
+// dq = bf16(scale · acc), 8 elements per step; acc is [B·T, C] contiguous, dq rows are G
+// apart (C8 = C / 8 steps a row).
+__global__ void dq_convert(bf16* __restrict__ dq, const float* __restrict__ acc, int64_t n8, float scale, int C8,
+                           int64_t G) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
     const float4 a = reinterpret_cast<const float4*>(acc)[2 * i], b = reinterpret_cast<const float4*>(acc)[2 * i + 1];
     const float f[8] = {a.x * scale, a.y * scale, a.z * scale, a.w * scale,
                         b.x * scale, b.y * scale, b.z * scale, b.w * scale};
-    reinterpret_cast<resbm::cuda_detail::Pack8*>(dq)[i] = resbm::cuda_detail::pack8(f);
+    const int64_t row = i / C8;
+    resbm::cuda_detail::st8(dq + row * G + (i - row * C8) * 8, resbm::cuda_detail::pack8(f));
   }
 }
 
@@ -652,8 +657,8 @@ __global__ void dq_convert(bf16* __restrict__ dq, const float* __restrict__ acc,
 // (rope_backward) before the one rounding to bf16.
 template <int HD>
 __global__ void dq_convert_rope(bf16* __restrict__ dq, const float* __restrict__ acc, int64_t n8, float scale,
-                                const float* __restrict__ cs, const float* __restrict__ sn, int T, int H) {
-  using resbm::cuda_detail::Pack8;
+                                const float* __restrict__ cs, const float* __restrict__ sn, int T, int H,
+                                int64_t G) {
   constexpr int kHalf = HD / 2, kSteps = HD / 16;  // steps of 8 pairs per row
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = i / kSteps;  // (b·T + t)·H + h
@@ -677,8 +682,9 @@ __global__ void dq_convert_rope(bf16* __restrict__ dq, const float* __restrict__
       ol[e] = scale * (a[e] * c[e] + b[e] * s[e]);
       oh[e] = scale * (b[e] * c[e] - a[e] * s[e]);
     }
-    *reinterpret_cast<Pack8*>(dq + row * HD + j0) = resbm::cuda_detail::pack8(ol);
-    *reinterpret_cast<Pack8*>(dq + row * HD + kHalf + j0) = resbm::cuda_detail::pack8(oh);
+    bf16* out = dq + row / H * G + row % H * HD + j0;  // row = token · H + h
+    resbm::cuda_detail::st8(out, resbm::cuda_detail::pack8(ol));
+    resbm::cuda_detail::st8(out + kHalf, resbm::cuda_detail::pack8(oh));
   }
 }
 
@@ -712,32 +718,35 @@ void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf
 // D must already hold rowsum(dout ⊙ out). dq_acc: null for the deterministic two kernels,
 // else the single pass's fp32 dq accumulator ([B, T, H, HD], already zero). rcos, rsin:
 // null, or a RoPE table ([≥ T, HD/2]) to rotate dq and dk back with before they are stored.
+// G: elements between consecutive (b, t) rows of dq, dk and dv.
 template <int HD>
 void launch_bwd(CudaContext& ctx, bf16* dq, float* dq_acc, bf16* dk, bf16* dv, const bf16* dout, const float* lse,
                 const float* D, const bf16* q, const bf16* k, const bf16* v, int64_t B, int64_t T, int64_t H,
-                const float* rcos, const float* rsin) {
+                const float* rcos, const float* rsin, int64_t G) {
   configure<HD>();
   const dim3 grid(unsigned((T + kBM - 1) / kBM), unsigned(B * H));
   const float scale = 1.0f / sqrtf(float(HD));
   if (dq_acc) {
     bwd_dkdv<HD, true><<<grid, kThreads, dkdv_smem<HD, true>(), ctx.stream>>>(dq_acc, dk, dv, dout, lse, D, q, k, v,
-                                                                              int(T), int(H), rcos, rsin);
+                                                                              int(T), int(H), rcos, rsin, G);
     RESBM_CUDA_LAUNCH_CHECK();
     if (rcos) {
       const int64_t n8 = B * T * H * HD / 16;
       dq_convert_rope<HD><<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8, scale, rcos,
-                                                                                         rsin, int(T), int(H));
+                                                                                         rsin, int(T), int(H), G);
     } else {
       const int64_t n8 = B * T * H * HD / 8;
-      dq_convert<<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8, scale);
+      dq_convert<<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8, scale,
+                                                                                int(H * HD / 8), G);
     }
     RESBM_CUDA_LAUNCH_CHECK();
     return;
   }
-  bwd_dq<HD><<<grid, kThreads, dq_smem<HD>(), ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H), rcos, rsin);
+  bwd_dq<HD><<<grid, kThreads, dq_smem<HD>(), ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H), rcos, rsin,
+                                                             G);
   RESBM_CUDA_LAUNCH_CHECK();
   bwd_dkdv<HD, false><<<grid, kThreads, dkdv_smem<HD, false>(), ctx.stream>>>(nullptr, dk, dv, dout, lse, D, q, k, v,
-                                                                              int(T), int(H), rcos, rsin);
+                                                                              int(T), int(H), rcos, rsin, G);
   RESBM_CUDA_LAUNCH_CHECK();
 }
 

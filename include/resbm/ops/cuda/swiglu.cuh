@@ -18,14 +18,16 @@ __global__ void fwd(bf16* __restrict__ out, const bf16* __restrict__ gate, const
     stf(out + i, g / (1.0f + expf(-g)) * u);
   }
 }
+// dgate and dup rows (F elements each) are ld apart.
 __global__ void bwd(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout,
-                    const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n) {
+                    const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n, int64_t F, int64_t ld) {
   using namespace resbm::cuda_detail;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = ldf(gate + i), u = ldf(up + i), dy = ldf(dout + i);
     const float s = 1.0f / (1.0f + expf(-g));
-    stf(dgate + i, dy * u * s * (1.0f + g * (1.0f - s)));
-    stf(dup + i, dy * g * s);
+    const int64_t o = i / F * ld + i % F;
+    stf(dgate + o, dy * u * s * (1.0f + g * (1.0f - s)));
+    stf(dup + o, dy * g * s);
   }
 }
 // 8 elements (16 bytes) per thread and iteration: the scalar kernels above move 2 bytes per
@@ -45,10 +47,13 @@ __global__ void fwd8(bf16* __restrict__ out, const bf16* __restrict__ gate, cons
     O[i] = pack8(o);
   }
 }
+// F8 = F / 8 steps a row; ld a multiple of 8 (32-bit indices: n8 · 8 and the rows' extent
+// below 2^32, checked by the caller).
 __global__ void bwd8(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout,
-                     const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n8) {
+                     const bf16* __restrict__ gate, const bf16* __restrict__ up, unsigned n8, unsigned F8,
+                     unsigned ld) {
   using namespace resbm::cuda_detail;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += gridDim.x * blockDim.x) {
     float g[8], u[8], dy[8], dg[8], du[8];
     unpack8(reinterpret_cast<const Pack8*>(gate)[i], g);
     unpack8(reinterpret_cast<const Pack8*>(up)[i], u);
@@ -59,8 +64,10 @@ __global__ void bwd8(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf1
       dg[e] = dy[e] * u[e] * s * (1.0f + g[e] * (1.0f - s));
       du[e] = dy[e] * g[e] * s;
     }
-    reinterpret_cast<Pack8*>(dgate)[i] = pack8(dg);
-    reinterpret_cast<Pack8*>(dup)[i] = pack8(du);
+    const unsigned row = i / F8;
+    const size_t o = size_t(row) * ld + size_t(i - row * F8) * 8;
+    st8(dgate + o, pack8(dg));
+    st8(dup + o, pack8(du));
   }
 }
 inline bool vec8(int64_t n, std::initializer_list<const void*> ptrs) {
@@ -89,24 +96,32 @@ inline void swiglu_forward(CudaContext& ctx, CudaTensor<bf16> out, CudaTensor<co
   RESBM_CUDA_LAUNCH_CHECK();
 }
 
-// dgate = dout · up · s · (1 + g · (1 − s)),  dup = dout · g · s   (written, not added)
+// dgate = dout · up · s · (1 + g · (1 − s)),  dup = dout · g · s   (written, not added).
+// grad_ld: elements from one row of dgate (and of dup) to the next, 0 = F (contiguous). The
+// model passes 2·F: dgate and dup are the two column blocks of one [N, 2F] matrix, so that
+// the projections' input gradient is one GEMM with K = 2F.
 inline void swiglu_backward(CudaContext& ctx, CudaTensor<bf16> dgate, CudaTensor<bf16> dup,
-                            CudaTensor<const bf16> dout, CudaTensor<const bf16> gate, CudaTensor<const bf16> up) {
+                            CudaTensor<const bf16> dout, CudaTensor<const bf16> gate, CudaTensor<const bf16> up,
+                            int64_t grad_ld = 0) {
   const int64_t N = gate.size(0), F = gate.size(1);
   expect_shape(gate, {N, F}, "swiglu gate");
   expect_shape(up, {N, F}, "swiglu up");
   expect_shape(dout, {N, F}, "swiglu output gradient");
   expect_shape(dgate, {N, F}, "swiglu gate gradient");
   expect_shape(dup, {N, F}, "swiglu up gradient");
+  const int64_t ld = grad_ld ? grad_ld : F;
+  RESBM_CHECK(ld >= F, cat("swiglu_backward: gradient row stride ", ld, " is shorter than a row of ", F),
+              "pass 0 (contiguous) or the distance between rows of dgate");
   if (N * F == 0) return;
-  if (cuda_detail_swiglu::vec8(N * F, {dgate.data, dup.data, dout.data, gate.data, up.data})) {
+  if (F % 8 == 0 && ld % 8 == 0 && N * ld < (int64_t(1) << 32) &&
+      cuda_detail_swiglu::vec8(N * F, {dgate.data, dup.data, dout.data, gate.data, up.data})) {
     cuda_detail_swiglu::bwd8<<<cuda_detail::grid_for(N * F / 8, 256), 256, 0, ctx.stream>>>(
-        dgate.data, dup.data, dout.data, gate.data, up.data, N * F / 8);
+        dgate.data, dup.data, dout.data, gate.data, up.data, unsigned(N * F / 8), unsigned(F / 8), unsigned(ld));
     RESBM_CUDA_LAUNCH_CHECK();
     return;
   }
   cuda_detail_swiglu::bwd<<<cuda_detail::grid_for(N * F, 256), 256, 0, ctx.stream>>>(
-      dgate.data, dup.data, dout.data, gate.data, up.data, N * F);
+      dgate.data, dup.data, dout.data, gate.data, up.data, N * F, F, ld);
   RESBM_CUDA_LAUNCH_CHECK();
 }
 
