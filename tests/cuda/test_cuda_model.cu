@@ -185,6 +185,7 @@ TEST_CASE("cuda llama: batched q/k/v and gate/up projections give the per-weight
   CHECK(std::abs(loss[0] - loss[1]) / loss[1] < 1e-4);
   // The forward is the same sums; the backward's input gradient of q/k/v (gate/up) is one
   // GEMM over [N, 3C] rounded to bf16 once when fused, and per weight rounded after each
-  // of its 3 (2) accumulations: the gradients agree to bf16 rounding, not bitwise.
+  // of its 3 (2) accumulations: the gradients agree to bf16 rounding, not bitwise (2.3e-3
+  // on the H200).
   CHECK(e < 1e-2);
 }

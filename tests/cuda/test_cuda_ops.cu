@@ -350,32 +350,6 @@ TEST_CASE("cuda adamw matches the CPU optimizer step for step") {
   CHECK(bad == 0);
 }
 
-namespace {
-// Natural-log log-sum-exp of the scaled causal scores, [B, H, T], in double.
-std::vector<float> reference_lse(const std::vector<float>& q, const std::vector<float>& k, int64_t B, int64_t T,
-                                 int64_t H, int64_t hd) {
-  std::vector<float> out(size_t(B * H * T));
-  const double scale = 1.0 / std::sqrt(double(hd));
-  std::vector<double> s(static_cast<size_t>(T));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < T; ++i) {
-        double m = -INFINITY;
-        for (int64_t j = 0; j <= i; ++j) {
-          double d = 0;
-          for (int64_t x = 0; x < hd; ++x)
-            d += double(q[size_t(((b * T + i) * H + h) * hd + x)]) * double(k[size_t(((b * T + j) * H + h) * hd + x)]);
-          s[size_t(j)] = d * scale;
-          m = std::max(m, s[size_t(j)]);
-        }
-        double sum = 0;
-        for (int64_t j = 0; j <= i; ++j) sum += std::exp(s[size_t(j)] - m);
-        out[size_t((b * H + h) * T + i)] = float(m + std::log(sum));
-      }
-  return out;
-}
-}  // namespace
-
 // Three implementations behind one API: tensor cores with the single-pass backward (fp32
 // atomics for dq, the default), tensor cores with the deterministic two-kernel backward,
 // and the CUDA-core kernels. Each against the CPU op, with outputs, the cache and (for the

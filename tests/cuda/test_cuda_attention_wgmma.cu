@@ -1,0 +1,344 @@
+// The Hopper wgmma forward of the causal flash attention (attention_wgmma.cuh), before it is
+// wired into attention.cuh. Two layers, so that a failure says where it comes from:
+//  1. the two warpgroup products the kernel is built of (qk: S = Q·Kᵀ from K-major shared
+//     tiles; pv: O += P·V with P packed from the accumulator registers and V an MN-major
+//     shared tile), each alone against a host GEMM, for every shape the kernel uses. A wrong
+//     descriptor (LBO/SBO, start address steps) or fragment layout fails here with the first
+//     wrong (row, col) printed;
+//  2. the whole forward against the CPU op (out), the double-precision log-sum-exp (lse)
+//     and the mma.sync forward (both), with out and lse poisoned (NaN) plus a poisoned guard
+//     past their ends that must stay untouched.
+// Last, a timing of both forwards at the training shapes (printed, not checked).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "resbm/cuda.cuh"
+#include "resbm/ops/cpu/ops.hpp"
+#include "resbm/ops/cuda/attention_wgmma.cuh"
+#include "cuda/support.cuh"
+
+using namespace resbm;
+using namespace resbm::test;
+namespace W = resbm::ops::cuda_detail_attn_wgmma;
+namespace M = resbm::ops::cuda_detail_attn_mma;
+
+namespace {
+
+constexpr double kNoise = 1e-8;  // as test_cuda_ops.cu: a reference below this mean square counts as zero
+constexpr double kBf16 = 1e-2;   // outputs rounded to bf16
+constexpr double kF32 = 1e-5;    // fp32 outputs from bf16 inputs
+
+#define CHECK_REL(out, ref, bound)                                                  \
+  do {                                                                              \
+    const double e_ = rel_err(out, ref, kNoise);                                    \
+    std::printf("  %-40s rel err %.3e (bound %.0e)\n", #out, e_, double(bound));     \
+    CHECK(e_ < (bound));                                                            \
+  } while (0)
+
+// The first element of got off want by more than atol + rtol·|want| (or not finite), as a
+// flat index (-1 if none), and how many are. Diagnostics only: the bounds are rel_err's.
+struct Mismatch {
+  int64_t first = -1, count = 0;
+};
+Mismatch find_mismatch(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol) {
+  Mismatch m;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = std::fabs(double(got[i]) - double(want[i]));
+    if (!std::isfinite(got[i]) || d > atol + rtol * std::fabs(double(want[i]))) {
+      if (m.first < 0) m.first = int64_t(i);
+      ++m.count;
+    }
+  }
+  return m;
+}
+
+// CHECK_REL for a rows × cols matrix (row-major) that, when the bound fails, prints the first
+// wrong (row, col) (a wrong descriptor or fragment mapping shows as a pattern there).
+void check_matrix(const char* what, const std::vector<float>& got, const std::vector<float>& want, int64_t cols,
+                  double bound) {
+  const double e = rel_err(got, want, kNoise);
+  std::printf("  %-40s rel err %.3e (bound %.0e)\n", what, e, bound);
+  CHECK(e < bound);
+  if (e < bound) return;
+  const Mismatch m = find_mismatch(got, want, 1e-3, 1e-3);
+  if (m.first >= 0)
+    std::printf("    %ld of %ld elements off; first at (row %ld, col %ld): got %g, want %g\n", long(m.count),
+                long(want.size()), long(m.first / cols), long(m.first % cols), double(got[size_t(m.first)]),
+                double(want[size_t(m.first)]));
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. The warpgroup products alone: 2 warpgroups, each its 64 rows, as in the kernel.
+
+// s (128 × BN) = A (128 × HD) · B (BN × HD)ᵀ through W::qk; every warpgroup w takes rows
+// 64w.. of A, the way the kernel addresses Q.
+template <int HD, int BN>
+__global__ void __launch_bounds__(W::kThreads) qk_kernel(float* __restrict__ d, const bf16* __restrict__ a,
+                                                         const bf16* __restrict__ b) {
+  extern __shared__ __align__(128) unsigned char qk_smem[];
+  unsigned char* As = qk_smem;
+  unsigned char* Bs = As + 128 * HD * sizeof(bf16);
+  W::load_tile<128, HD>(As, a, 0, 128, HD);
+  W::load_tile<BN, HD>(Bs, b, 0, BN, HD);
+  M::cp_commit();
+  M::cp_wait<0>();
+  W::fence_proxy_async();
+  __syncthreads();
+  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
+  float s[BN / 8][4];
+  W::qk<HD, BN>(s, M::saddr(As) + W::tile_offset<HD>(64 * wg, 0), M::saddr(Bs));
+  const int r = 64 * wg + 16 * warp + l / 4;
+  for (int n = 0; n < BN / 8; ++n)
+    for (int e = 0; e < 4; ++e) d[(r + (e >> 1) * 8) * BN + n * 8 + 2 * (l % 4) + (e & 1)] = s[n][e];
+}
+
+// o (128 × HD) = P (128 × BN, read into the accumulator layout) · V (BN × HD) through W::pv.
+template <int HD, int BN>
+__global__ void __launch_bounds__(W::kThreads) pv_kernel(float* __restrict__ d, const float* __restrict__ p,
+                                                         const bf16* __restrict__ v) {
+  extern __shared__ __align__(128) unsigned char pv_smem[];
+  W::load_tile<BN, HD>(pv_smem, v, 0, BN, HD);
+  M::cp_commit();
+  M::cp_wait<0>();
+  W::fence_proxy_async();
+  __syncthreads();
+  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
+  const int r = 64 * wg + 16 * warp + l / 4;
+  float s[BN / 8][4], o[HD / 8][4];
+  for (int n = 0; n < BN / 8; ++n)
+    for (int e = 0; e < 4; ++e) s[n][e] = p[(r + (e >> 1) * 8) * BN + n * 8 + 2 * (l % 4) + (e & 1)];
+  for (int n = 0; n < HD / 8; ++n)
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+  W::pv<HD, BN>(o, s, M::saddr(pv_smem));
+  for (int n = 0; n < HD / 8; ++n)
+    for (int e = 0; e < 4; ++e) d[(r + (e >> 1) * 8) * HD + n * 8 + 2 * (l % 4) + (e & 1)] = o[n][e];
+}
+
+template <int HD, int BN>
+void check_qk() {
+  std::printf("qk<HD=%d, BN=%d>: S (128 x %d) = Q (128 x %d) . K (%d x %d)^T\n", HD, BN, BN, HD, BN, HD);
+  const auto a = randn(size_t(128 * HD)), b = randn(size_t(BN * HD));
+  std::vector<float> ref(size_t(128 * BN));
+  for (int i = 0; i < 128; ++i)
+    for (int j = 0; j < BN; ++j) {
+      double acc = 0;
+      for (int x = 0; x < HD; ++x) acc += double(a[size_t(i * HD + x)]) * double(b[size_t(j * HD + x)]);
+      ref[size_t(i * BN + j)] = float(acc);
+    }
+  auto da = upload_bf16(a), db = upload_bf16(b);
+  auto dd = poisoned<float>(ref.size());
+  constexpr size_t smem = size_t(128 + BN) * HD * sizeof(bf16);
+  RESBM_CUDA_CHECK(cudaFuncSetAttribute(qk_kernel<HD, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  qk_kernel<HD, BN><<<1, W::kThreads, smem, ctx().stream>>>(dd.data(), da.data(), db.data());
+  RESBM_CUDA_LAUNCH_CHECK();
+  check_matrix("S", download(dd), ref, BN, kF32);
+}
+
+template <int HD, int BN>
+void check_pv() {
+  std::printf("pv<HD=%d, BN=%d>: O (128 x %d) = P (128 x %d) . V (%d x %d)\n", HD, BN, HD, BN, BN, HD);
+  // P as the softmax leaves it: in [0, 1]; bf16-rounded, since pv rounds it to bf16 itself.
+  auto p = randn(size_t(128 * BN));
+  for (auto& x : p) x = round_bf16(std::fabs(x) / 4);
+  const auto v = randn(size_t(BN * HD));
+  std::vector<float> ref(size_t(128 * HD));
+  for (int i = 0; i < 128; ++i)
+    for (int j = 0; j < HD; ++j) {
+      double acc = 0;
+      for (int x = 0; x < BN; ++x) acc += double(p[size_t(i * BN + x)]) * double(v[size_t(x * HD + j)]);
+      ref[size_t(i * HD + j)] = float(acc);
+    }
+  auto dp = upload(p);
+  auto dv = upload_bf16(v);
+  auto dd = poisoned<float>(ref.size());
+  constexpr size_t smem = size_t(BN) * HD * sizeof(bf16);
+  RESBM_CUDA_CHECK(cudaFuncSetAttribute(pv_kernel<HD, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  pv_kernel<HD, BN><<<1, W::kThreads, smem, ctx().stream>>>(dd.data(), dp.data(), dv.data());
+  RESBM_CUDA_LAUNCH_CHECK();
+  check_matrix("O", download(dd), ref, HD, kF32);
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. The whole forward.
+
+
+struct AttnShape {
+  int64_t B, T, H, hd;
+};
+
+// Where out (got, [B, T, H, hd]) first leaves want by more than bf16-scale rounding, decoded
+// into (b, t, h, d) and the kernel's block / warpgroup / warp of query t.
+void explain_out(const AttnShape& s, const std::vector<float>& got, const std::vector<float>& want) {
+  const Mismatch m = find_mismatch(got, want, 3e-2, 3e-2);
+  if (m.first < 0) {
+    std::printf("    no single element off by more than 3e-2 + 3e-2|want|\n");
+    return;
+  }
+  const int64_t i = m.first, d = i % s.hd, h = i / s.hd % s.H, t = i / (s.hd * s.H) % s.T, b = i / (s.hd * s.H * s.T);
+  std::printf("    %ld of %ld elements off; first at b %ld, t %ld, h %ld, d %ld (query block %ld, warpgroup %ld, "
+              "warp %ld, row %ld of the warp): got %g, want %g\n",
+              long(m.count), long(want.size()), long(b), long(t), long(h), long(d), long(t / W::kBM),
+              long(t % W::kBM / 64), long(t % 64 / 16), long(t % 16), double(got[size_t(i)]),
+              double(want[size_t(i)]));
+}
+// The same for lse ([B, H, T]).
+void explain_lse(const AttnShape& s, const std::vector<float>& got, const std::vector<float>& want) {
+  const Mismatch m = find_mismatch(got, want, 1e-4, 1e-5);
+  if (m.first < 0) {
+    std::printf("    no single element off by more than 1e-4 + 1e-5|want|\n");
+    return;
+  }
+  const int64_t i = m.first, t = i % s.T, bh = i / s.T;
+  std::printf("    %ld of %ld elements off; first at b %ld, h %ld, t %ld: got %g, want %g\n", long(m.count),
+              long(want.size()), long(bh / s.H), long(bh % s.H), long(t), double(got[size_t(i)]),
+              double(want[size_t(i)]));
+}
+
+constexpr size_t kGuardElems = 256;  // poisoned elements past out and lse that must stay poisoned
+
+// The guard past n elements still holds the 0xff bytes of poisoned().
+template <class T>
+bool guard_intact(const DeviceBuffer<T>& d, size_t n) {
+  ctx().synchronize();
+  std::vector<T> h(d.size() - n);
+  RESBM_CUDA_CHECK(cudaMemcpy(h.data(), d.data() + n, h.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  std::vector<unsigned char> bytes(h.size() * sizeof(T));
+  std::memcpy(bytes.data(), h.data(), bytes.size());
+  return std::all_of(bytes.begin(), bytes.end(), [](unsigned char c) { return c == 0xff; });
+}
+
+template <int HD, int BN>
+void check_forward(const AttnShape& s, const std::vector<float>& q, const std::vector<float>& k,
+                   const std::vector<float>& v, const std::vector<float>& ref, const std::vector<float>& rlse) {
+  const size_t n = size_t(s.B * s.T * s.H * s.hd), nl = size_t(s.B * s.H * s.T);
+  std::printf("attention wgmma forward (BN=%d) B=%ld T=%ld H=%ld hd=%ld\n", BN, long(s.B), long(s.T), long(s.H),
+              long(s.hd));
+  auto d_q = upload_bf16(q), d_k = upload_bf16(k), d_v = upload_bf16(v);
+  auto d_out = poisoned<bf16>(n + kGuardElems), m_out = poisoned<bf16>(n);
+  auto d_lse = poisoned<float>(nl + kGuardElems), m_lse = poisoned<float>(nl);
+  W::launch_fwd_bn<HD, BN>(ctx(), d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H);
+  M::launch_fwd<HD>(ctx(), m_out.data(), m_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H);
+  const auto out = download(d_out, n), lse = download(d_lse, nl);
+  const auto mma_out = download(m_out, n), mma_lse = download(m_lse, nl);
+  struct Cmp {
+    const char* name;
+    const std::vector<float>& got;
+    const std::vector<float>& want;
+    double bound;
+    bool is_out;
+  };
+  for (const Cmp& c : {Cmp{"out vs CPU op", out, ref, kBf16, true}, Cmp{"lse vs double", lse, rlse, kF32, false},
+                       Cmp{"out vs mma.sync", out, mma_out, kBf16, true},
+                       Cmp{"lse vs mma.sync", lse, mma_lse, kF32, false}}) {
+    const double e = rel_err(c.got, c.want, kNoise);
+    std::printf("  %-40s rel err %.3e (bound %.0e)\n", c.name, e, c.bound);
+    CHECK(e < c.bound);
+    if (e >= c.bound) {
+      if (c.is_out) explain_out(s, c.got, c.want);
+      else explain_lse(s, c.got, c.want);
+    }
+  }
+  const bool og = guard_intact(d_out, n), lg = guard_intact(d_lse, nl);
+  if (!og || !lg) std::printf("  written past the end: out %s, lse %s\n", og ? "no" : "YES", lg ? "no" : "YES");
+  CHECK(og);
+  CHECK(lg);
+}
+
+}  // namespace
+
+TEST_CASE("wgmma attention building blocks: qk (K-major A and B) and pv (A from registers, MN-major B)") {
+  check_qk<64, 128>();   // hd 64 forward
+  check_qk<128, 128>();  // hd 128 forward, BN 128
+  check_qk<128, 64>();   // hd 128 forward, BN 64
+  check_qk<64, 64>();
+  check_pv<64, 128>();
+  check_pv<128, 128>();
+  check_pv<128, 64>();
+  check_pv<64, 64>();
+}
+
+TEST_CASE("wgmma flash attention forward matches the CPU op and the mma.sync forward") {
+  for (AttnShape s : {AttnShape{2, 64, 2, 64}, AttnShape{1, 200, 3, 64}, AttnShape{1, 1, 1, 64},
+                      AttnShape{1, 130, 2, 128}, AttnShape{2, 333, 2, 128}, AttnShape{1, 1024, 2, 64},
+                      AttnShape{1, 1000, 2, 128}, AttnShape{1, 17, 3, 64}}) {
+    const size_t n = size_t(s.B * s.T * s.H * s.hd);
+    const auto q = randn(n), k = randn(n), v = randn(n);
+    std::vector<float> ref(n), cache(size_t(ops::attention_cache_size(s.B, s.T, s.H)));
+    auto C4 = [&](const std::vector<float>& x) { return Tensor<const float>(x.data(), {s.B, s.T, s.H, s.hd}); };
+    ops::attention_forward<float>(host(), Tensor<float>(ref.data(), {s.B, s.T, s.H, s.hd}),
+                                  Tensor<float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k), C4(v));
+    const auto rlse = reference_lse(q, k, s.B, s.T, s.H, s.hd);
+    if (s.hd == 64) {
+      check_forward<64, 128>(s, q, k, v, ref, rlse);
+      check_forward<64, 64>(s, q, k, v, ref, rlse);
+    } else {
+      check_forward<128, 128>(s, q, k, v, ref, rlse);
+      check_forward<128, 64>(s, q, k, v, ref, rlse);
+    }
+  }
+}
+
+namespace {
+// x[i] = a bf16 in [-2, 2) from a hash of i: inputs for the timing without a host round trip.
+__global__ void fill_hash(bf16* x, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    x[i] = bf16::from_float(float(h & 0xffff) / 16384.0f - 2.0f);
+  }
+}
+
+template <class F>
+float time_ms(F&& f, int reps) {
+  f();  // warm-up (also the one-time smem opt-in)
+  cudaEvent_t a, b;
+  RESBM_CUDA_CHECK(cudaEventCreate(&a));
+  RESBM_CUDA_CHECK(cudaEventCreate(&b));
+  RESBM_CUDA_CHECK(cudaEventRecord(a, ctx().stream));
+  for (int i = 0; i < reps; ++i) f();
+  RESBM_CUDA_CHECK(cudaEventRecord(b, ctx().stream));
+  RESBM_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  RESBM_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  RESBM_CUDA_CHECK(cudaEventDestroy(a));
+  RESBM_CUDA_CHECK(cudaEventDestroy(b));
+  return ms / float(reps);
+}
+
+template <int HD, int BN>
+void time_shape(int64_t B, int64_t T, int64_t H) {
+  const int64_t n = B * T * H * HD, nl = B * H * T;
+  const size_t un = static_cast<size_t>(n), unl = static_cast<size_t>(nl);
+  DeviceBuffer<bf16> q(un), k(un), v(un), o1(un), o2(un);
+  DeviceBuffer<float> l1(unl), l2(unl);
+  fill_hash<<<1024, 256, 0, ctx().stream>>>(q.data(), n, 1u);
+  fill_hash<<<1024, 256, 0, ctx().stream>>>(k.data(), n, 2u);
+  fill_hash<<<1024, 256, 0, ctx().stream>>>(v.data(), n, 3u);
+  RESBM_CUDA_LAUNCH_CHECK();
+  const float tw = time_ms(
+      [&] { W::launch_fwd_bn<HD, BN>(ctx(), o1.data(), l1.data(), q.data(), k.data(), v.data(), B, T, H); }, 20);
+  const float tm =
+      time_ms([&] { M::launch_fwd<HD>(ctx(), o2.data(), l2.data(), q.data(), k.data(), v.data(), B, T, H); }, 20);
+  // Causal: half of the 4·B·H·T²·hd flops of the full product.
+  const double flop = 2.0 * double(B * H) * double(T) * double(T) * double(HD);
+  std::printf("timing B=%ld T=%ld H=%ld hd=%d: wgmma (BN=%d) %.4f ms (%.0f TFLOP/s), mma.sync %.4f ms (%.0f TFLOP/s)\n",
+              long(B), long(T), long(H), HD, BN, double(tw), flop / (double(tw) * 1e9), double(tm),
+              flop / (double(tm) * 1e9));
+  const auto a = download(o1), b = download(o2), la = download(l1), lb = download(l2);
+  CHECK_REL(a, b, kBf16);
+  CHECK_REL(la, lb, kF32);
+}
+}  // namespace
+
+TEST_CASE("wgmma flash attention forward: timing at the training shapes (printed) and agreement with mma.sync") {
+  time_shape<64, 128>(16, 1024, 12);
+  time_shape<64, 64>(16, 1024, 12);
+  time_shape<128, 128>(16, 1024, 16);
+  time_shape<128, 64>(16, 1024, 16);
+}
