@@ -3,7 +3,9 @@
 # Logs under $OUT (or ./gpu-logs); a short table last. Usage: tests/cuda/run_gpu.sh
 source "$(dirname "$0")/../../benchmarks/cuda/gpu_steps.sh"
 configure_gpu 120
-step build 300 ninja -C build-gpu test_cuda_ops bench_kernels_cuda || { grep -E "error" -A5 "$OUT/build.log" | head -60; }
+# every CUDA test binary (tests/cuda/test_*.cu), which ctest -L cuda runs below
+tests=$(ninja -C build-gpu -t targets all | grep -oE '^test_cuda_[a-z0-9_]+' | sort -u | tr '\n' ' ')
+step build 400 ninja -C build-gpu $tests bench_kernels_cuda || { grep -E "error" -A5 "$OUT/build.log" | head -60; }
 T=build-gpu/tests/test_cuda_ops
 step test 200 $T
 step ctest 200 ctest --test-dir build-gpu -L cuda --output-on-failure

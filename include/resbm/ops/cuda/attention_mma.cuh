@@ -301,19 +301,26 @@ __device__ __forceinline__ void pv_m(float (&acc)[MT][HD / 8][4], const float (&
   }
 }
 
-// One key tile of the online softmax for the 16 rows from r0: s (raw scores of keys k0..)
-// becomes P relative to the new running max, acc and the row sums are rescaled.
-template <int HD>
-__device__ __forceinline__ void softmax_step(float (&s)[8][4], float (&acc)[HD / 8][4], float (&mx)[2], float (&sum)[2],
-                                             int k0, int r0, float sl2) {
+// One key tile of the online softmax (shared with the wgmma forward, attention_wgmma.cuh) for
+// the 16 rows from r0 (thread: rows r0+g, r0+g+8) over NT tiles of 8 keys from k0: s (raw
+// scores) becomes P relative to the new running max (log2 domain, scale sl2 = log2e/sqrt(hd)),
+// the row sums are rescaled, and the factors (c0, c1) that the rows of the output accumulator
+// must be scaled by are returned (the caller applies them when it owns the accumulator: the
+// pipelined wgmma forward has a P·V product in flight on it at this point).
+//   FOLD = false: every score is scaled first (x = s·sl2), P = exp2(x − m);
+//   FOLD = true:  the max is taken over the raw scores and scaled once (the same value, sl2 > 0),
+//                 P = exp2(fma(s, sl2, −m)): one instruction less a score, rounded differently.
+template <int NT, bool FOLD>
+__device__ __forceinline__ float2 softmax_p(float (&s)[NT][4], float (&mx)[2], float (&sum)[2], int k0, int r0,
+                                            float sl2) {
   const int l = threadIdx.x % 32, g = l / 4, t = l % 4;
-  const bool diag = k0 + kBN - 1 > r0;
+  const bool diag = k0 + NT * 8 - 1 > r0;  // some key of the tile is after some row
   float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-  for (int n = 0; n < 8; ++n)
+  for (int n = 0; n < NT; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      float x = s[n][e] * sl2;
+      float x = FOLD ? s[n][e] : s[n][e] * sl2;
       const int key = k0 + n * 8 + 2 * t + (e & 1), row = r0 + g + (e >> 1) * 8;
       if (diag && key > row) x = -INFINITY;
       s[n][e] = x;
@@ -325,6 +332,10 @@ __device__ __forceinline__ void softmax_step(float (&s)[8][4], float (&acc)[HD /
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
   }
+  if constexpr (FOLD) {
+    mx0 *= sl2;
+    mx1 *= sl2;
+  }
   const float n0 = fmaxf(mx[0], mx0), n1 = fmaxf(mx[1], mx1);
   // A row with no key yet (rows past T, or before k0) keeps -inf: use 0 so exp2 gives 0, not NaN.
   const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
@@ -332,23 +343,38 @@ __device__ __forceinline__ void softmax_step(float (&s)[8][4], float (&acc)[HD /
   sum[0] *= c0;
   sum[1] *= c1;
 #pragma unroll
-  for (int d = 0; d < HD / 8; ++d) {
-    acc[d][0] *= c0;
-    acc[d][1] *= c0;
-    acc[d][2] *= c1;
-    acc[d][3] *= c1;
-  }
-#pragma unroll
-  for (int n = 0; n < 8; ++n) {
-    s[n][0] = exp2f(s[n][0] - u0);
-    s[n][1] = exp2f(s[n][1] - u0);
-    s[n][2] = exp2f(s[n][2] - u1);
-    s[n][3] = exp2f(s[n][3] - u1);
+  for (int n = 0; n < NT; ++n) {
+    if constexpr (FOLD) {
+      s[n][0] = exp2f(fmaf(s[n][0], sl2, -u0));
+      s[n][1] = exp2f(fmaf(s[n][1], sl2, -u0));
+      s[n][2] = exp2f(fmaf(s[n][2], sl2, -u1));
+      s[n][3] = exp2f(fmaf(s[n][3], sl2, -u1));
+    } else {
+      s[n][0] = exp2f(s[n][0] - u0);
+      s[n][1] = exp2f(s[n][1] - u0);
+      s[n][2] = exp2f(s[n][2] - u1);
+      s[n][3] = exp2f(s[n][3] - u1);
+    }
     sum[0] += s[n][0] + s[n][1];
     sum[1] += s[n][2] + s[n][3];
   }
   mx[0] = n0;
   mx[1] = n1;
+  return make_float2(c0, c1);
+}
+
+// softmax_p, then the rows of acc (16 × HD, C fragments) scaled by the returned factors.
+template <int HD, int NT = kBN / 8, bool FOLD = false>
+__device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&acc)[HD / 8][4], float (&mx)[2], float (&sum)[2],
+                                             int k0, int r0, float sl2) {
+  const float2 c = softmax_p<NT, FOLD>(s, mx, sum, k0, r0, sl2);
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d) {
+    acc[d][0] *= c.x;
+    acc[d][1] *= c.x;
+    acc[d][2] *= c.y;
+    acc[d][3] *= c.y;
+  }
 }
 
 // Query tiles of 64·MT rows: warp w owns rows w·16·MT + [0, 16·MT) of the tile.

@@ -6,7 +6,8 @@
 //
 // A block of 2 warpgroups (256 threads) owns 128 query rows: warpgroup w rows 64w..64w+63.
 // Q is loaded once; K/V tiles of BN keys are double-buffered in shared memory by cp.async.
-// Per key tile and warpgroup:
+// Per key tile and warpgroup (the products and the softmax are scheduled serially or pipelined,
+// see Sched below; launch_fwd runs the default variant):
 //   S (64 × BN, fp32 registers) = Q · Kᵀ   wgmma m64nBNk16, A = Q and B = K from shared
 //                                           memory, both K-major (hd contiguous), HD/16 k-steps
 //   online softmax on S in registers (the causal mask only on tiles that reach past the
@@ -42,9 +43,10 @@
 // through the async proxy, so every thread runs fence.proxy.async after its copies landed
 // and before the barrier that precedes the wgmma reads. wgmma.fence precedes each batch of
 // wgmma whose register operands (accumulators, A) were touched by ordinary instructions;
-// wgmma.wait_group 0 follows each batch, and an empty asm on every accumulator register
-// (fence_regs, CUTLASS's warpgroup_fence_operand) keeps the compiler from reading them
-// before the wait.
+// a wgmma.wait_group follows each batch within the same branch (a wgmma in flight across a
+// branch makes ptxas serialise every wgmma of the kernel, warning C7520), and an empty asm on
+// every accumulator and A-operand register (fence_regs, CUTLASS's warpgroup_fence_operand)
+// keeps the compiler from touching them between issue and wait.
 #include <cstdint>
 
 #include "resbm/ops/cuda/attention_mma.cuh"
@@ -69,15 +71,6 @@ using cuda_detail_attn_mma::saddr;
 
 constexpr int kWarpgroups = 2, kThreads = 128 * kWarpgroups;
 constexpr int kBM = 64 * kWarpgroups;  // query rows per block
-// Keys per tile. hd 64: 128 (S 64 + O 32 + P 32 registers a thread). hd 128: also 128, S 64 +
-// O 64 + P 32 = 160 accumulator/fragment registers, under the 255 that one block of 256
-// threads a SM allows, and wider QKᵀ wgmma (n128) with half the barriers of 64-key tiles;
-// launch_fwd_bn<128, 64> (S 32 + O 64 + P 16) is the fallback should that spill.
-template <int HD>
-constexpr int default_bn() {
-  return 128;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Shared-memory layout and matrix descriptors
 
@@ -245,22 +238,25 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
 
 // s (64 × BN) = A · Bᵀ over HD: A = 64 rows from a_addr, B = BN rows from b_addr, both shared
 // tiles of HD-element rows (tile_offset<HD>) starting at a core-matrix row (multiple of 8).
+// Issue only: the caller fences before (wg_fence), commits, waits and pins s after.
 template <int HD, int BN>
-__device__ __forceinline__ void qk(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
-  wg_fence();
+__device__ __forceinline__ void qk_issue(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
   wgmma_ss<BN, false>(s, desc_k<HD>(a_addr), desc_k<HD>(b_addr));
 #pragma unroll
   for (int kk = 1; kk < HD / 16; ++kk)
     wgmma_ss<BN, true>(s, desc_k<HD>(a_addr + kk * 256), desc_k<HD>(b_addr + kk * 256));
-  wg_commit();
-  wg_wait<0>();
-  fence_regs(s);
 }
 
-// o (64 × HD) += p (64 × BN, accumulator layout, rounded to bf16) · V (BN rows of HD at v_addr).
+// o (64 × HD) += P (64 × BN, a[BN/16] register-A k-steps) · V (BN rows of HD at v_addr). Issue only.
 template <int HD, int BN>
-__device__ __forceinline__ void pv(float (&o)[HD / 8][4], const float (&p)[BN / 8][4], uint32_t v_addr) {
-  uint32_t a[BN / 16][4];
+__device__ __forceinline__ void pv_issue(float (&o)[HD / 8][4], const uint32_t (&a)[BN / 16][4], uint32_t v_addr) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<HD>(o, a[kk], desc_mn<HD>(v_addr + tile_offset<HD>(16 * kk, 0)));
+}
+
+// The register-A k-steps of P (64 × BN in the accumulator layout, rounded to bf16).
+template <int BN>
+__device__ __forceinline__ void pack_p(uint32_t (&a)[BN / 16][4], const float (&p)[BN / 8][4]) {
 #pragma unroll
   for (int kk = 0; kk < BN / 16; ++kk) {
     a[kk][0] = pack(p[2 * kk][0], p[2 * kk][1]);
@@ -268,66 +264,55 @@ __device__ __forceinline__ void pv(float (&o)[HD / 8][4], const float (&p)[BN / 
     a[kk][2] = pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
     a[kk][3] = pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
   }
-  wg_fence();
+}
+
+// Pins registers of the A operand (see fence_regs).
+template <int KS>
+__device__ __forceinline__ void fence_regs(uint32_t (&a)[KS][4]) {
 #pragma unroll
-  for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<HD>(o, a[kk], desc_mn<HD>(v_addr + tile_offset<HD>(16 * kk, 0)));
+  for (int n = 0; n < KS; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[n][e])::"memory");
+}
+
+// qk_issue, committed and waited for.
+template <int HD, int BN>
+__device__ __forceinline__ void qk(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
+  wg_fence();
+  qk_issue<HD, BN>(s, a_addr, b_addr);
+  wg_commit();
+  wg_wait<0>();
+  fence_regs(s);
+}
+
+// o (64 × HD) += p (64 × BN, accumulator layout, rounded to bf16) · V (BN rows of HD at v_addr),
+// committed and waited for.
+template <int HD, int BN>
+__device__ __forceinline__ void pv(float (&o)[HD / 8][4], const float (&p)[BN / 8][4], uint32_t v_addr) {
+  uint32_t a[BN / 16][4];
+  pack_p<BN>(a, p);
+  fence_regs(o);
+  wg_fence();
+  pv_issue<HD, BN>(o, a, v_addr);
   wg_commit();
   wg_wait<0>();
   fence_regs(o);
 }
 
-// One key tile of the online softmax for the warp's 16 rows from r0 (thread: rows r0+g, r0+g+8):
-// s (raw scores of keys k0..k0+BN-1) becomes P relative to the new running max (log2 domain,
-// scale sl2 = log2e/sqrt(hd) applied in one FMA with the max), o and the row sums are rescaled.
-template <int HD, int BN>
-__device__ __forceinline__ void softmax_tile(float (&s)[BN / 8][4], float (&o)[HD / 8][4], float (&mx)[2],
-                                             float (&sum)[2], int k0, int r0, float sl2) {
-  const int l = threadIdx.x % 32, g = l / 4, t = l % 4;
-  if (k0 + BN - 1 > r0) {  // some key of the tile is after some row of the warp
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + n * 8 + 2 * t + (e & 1), row = r0 + g + (e >> 1) * 8;
-        if (key > row) s[n][e] = -INFINITY;
-      }
-  }
-  float m0 = -INFINITY, m1 = -INFINITY;
-#pragma unroll
-  for (int n = 0; n < BN / 8; ++n) {
-    m0 = fmaxf(m0, fmaxf(s[n][0], s[n][1]));
-    m1 = fmaxf(m1, fmaxf(s[n][2], s[n][3]));
-  }
-#pragma unroll
-  for (int off = 1; off < 4; off <<= 1) {
-    m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, off));
-    m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, off));
-  }
-  const float n0 = fmaxf(mx[0], m0 * sl2), n1 = fmaxf(mx[1], m1 * sl2);
-  // A row with no key yet keeps -inf: use 0 so exp2 gives 0, not NaN.
-  const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
-  const float c0 = exp2f(mx[0] - u0), c1 = exp2f(mx[1] - u1);
-  sum[0] *= c0;
-  sum[1] *= c1;
-#pragma unroll
-  for (int d = 0; d < HD / 8; ++d) {
-    o[d][0] *= c0;
-    o[d][1] *= c0;
-    o[d][2] *= c1;
-    o[d][3] *= c1;
-  }
-#pragma unroll
-  for (int n = 0; n < BN / 8; ++n) {
-    s[n][0] = exp2f(fmaf(s[n][0], sl2, -u0));
-    s[n][1] = exp2f(fmaf(s[n][1], sl2, -u0));
-    s[n][2] = exp2f(fmaf(s[n][2], sl2, -u1));
-    s[n][3] = exp2f(fmaf(s[n][3], sl2, -u1));
-    sum[0] += s[n][0] + s[n][1];
-    sum[1] += s[n][2] + s[n][3];
-  }
-  mx[0] = n0;
-  mx[1] = n1;
-}
+// The schedules of a key tile's two products and its softmax (compile-time variants, timed side by
+// side by the test; FA3 = Shah et al. 2024, "FlashAttention-3", §3.1-3.2):
+//   Serial:   per tile S = QKᵀ, wait, softmax, O += PV, wait: the tensor cores idle during the
+//             softmax (only another block a SM, hd 64 / BN 64, overlaps it).
+//   Pipe:     intra-warpgroup pipelining (FA3 §3.2, Algorithm 2): in step j the warpgroup issues
+//             S(j) = Q·K(j)ᵀ, then O += P(j−1)·V(j−1) (P carried from the previous step as packed
+//             bf16), waits for S(j) only (wait_group 1), runs the softmax of tile j while the
+//             P·V product is still in flight, then waits for it (wait_group 0), rescales O by the
+//             new max and packs P(j). K and V tiles rotate through 3 shared slots: V(j−1) is read
+//             in step j while tile j+1 is loaded.
+//   PingPong: Pipe, plus inter-warpgroup ordering (FA3 §3.1): named barriers make warpgroup 0
+//             issue its products of step j before warpgroup 1 issues its own, so that one
+//             warpgroup's softmax runs under the other's products instead of both at once.
+enum class Sched { Serial, Pipe, PingPong };
 
 // Blocks a SM for __launch_bounds__: 2 where S, O and P fit in 128 registers (hd 64 with 64-key
 // tiles: 32 + 32 + 16), so that two blocks, not synchronised with each other, overlap one's
@@ -337,14 +322,46 @@ constexpr int min_blocks() {
   return HD == 64 && BN == 64 ? 2 : 1;
 }
 
-template <int HD, int BN>
+// K/V slots in shared memory: 2 (Serial), 3 (the pipelined schedules keep V(j−1) while tile j+1
+// loads).
+constexpr int kv_slots(Sched S) { return S == Sched::Serial ? 2 : 3; }
+
+template <int HD, int BN, Sched S>
 constexpr size_t fwd_smem() {
-  return size_t(kBM + 4 * BN) * HD * sizeof(bf16);  // Q, then K[2], then V[2]
+  return size_t(kBM + 2 * kv_slots(S) * BN) * HD * sizeof(bf16);  // Q, then K[slots], then V[slots]
+}
+
+// Row sums reduced over the quad, out (rows w0.., scaled by 1/l) and lse (natural log) stored;
+// rows past T (the only ones that can have l = 0) are not.
+template <int HD>
+__device__ __forceinline__ void finish(bf16* out, float* lse, int64_t C, int w0, int T, const float (&o)[HD / 8][4],
+                                       const float (&mx)[2], const float (&sum)[2]) {
+  const int l = int(threadIdx.x) % 32, g = l / 4, t = l % 4;
+  float l0 = sum[0], l1 = sum[1];
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  cuda_detail_attn_mma::store_rows<HD>(out, C, w0, T, o, 1.0f / l0, 1.0f / l1);
+  if (t == 0) {
+    if (w0 + g < T) lse[w0 + g] = (mx[0] + log2f(l0)) / kLog2e;
+    if (w0 + g + 8 < T) lse[w0 + g + 8] = (mx[1] + log2f(l1)) / kLog2e;
+  }
+}
+
+// Named barriers of both warpgroups (ids 1, 2; 0 is __syncthreads'). The id is a register (no
+// branch on the warpgroup while a wgmma is in flight), so ptxas reserves all 16 of the block.
+__device__ __forceinline__ void named_sync(int id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
 }
 
 template <int HD, int BN>
 __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
-    fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ k,
+    fwd_serial(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ k,
         const bf16* __restrict__ v, int T, int H) {
   static_assert(HD == 64 || HD == 128, "hd 64 or 128");
   static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
@@ -354,8 +371,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
   unsigned char* Qs = attn_wgmma_smem;
   unsigned char* Ks = Qs + kBM * HD * sizeof(bf16);  // [2][BN rows]
   unsigned char* Vs = Ks + 2 * kTileK;               // [2][BN rows]
-  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
-  const int g = l / 4, t = l % 4;
+  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4;
   const int bh = blockIdx.y, b = bh / H, h = bh % H;
   const int64_t C = int64_t(H) * HD;
   const int64_t base = int64_t(b) * T * C + int64_t(h) * HD;
@@ -395,48 +411,176 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
     if (wg0 < T && k0 <= wg0 + 63) {
       float s[BN / 8][4];
       qk<HD, BN>(s, q_addr, k_addr + buf * kTileK);
-      softmax_tile<HD, BN>(s, o, mx, sum, k0, w0, sl2);
+      cuda_detail_attn_mma::softmax_step<HD, BN / 8, true>(s, o, mx, sum, k0, w0, sl2);
       pv<HD, BN>(o, s, v_addr + buf * kTileK);
     }
     __syncthreads();  // the buffer is refilled in the next iteration
   }
 
-  float l0 = sum[0], l1 = sum[1];
-#pragma unroll
-  for (int off = 1; off < 4; off <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-  }
-  // Rows past T (the only ones that can have l = 0) are not stored.
-  cuda_detail_attn_mma::store_rows<HD>(out + base, C, w0, T, o, 1.0f / l0, 1.0f / l1);
-  if (t == 0) {
-    if (w0 + g < T) lse[int64_t(bh) * T + w0 + g] = (mx[0] + log2f(l0)) / kLog2e;
-    if (w0 + g + 8 < T) lse[int64_t(bh) * T + w0 + g + 8] = (mx[1] + log2f(l1)) / kLog2e;
-  }
+  finish<HD>(out + base, lse + int64_t(bh) * T, C, w0, T, o, mx, sum);
 #elif defined(__CUDA_ARCH__)
   (void)out, (void)lse, (void)q, (void)k, (void)v, (void)T, (void)H;
   __trap();  // built for a target without wgmma
 #endif
 }
 
+// Pipe and PingPong (see Sched). Block step j = 0..ntiles: tile j's K/V have landed (all
+// threads: cp.async wait, proxy fence, barrier), tile j+1 is loaded into slot (j+1)%3 (its last
+// readers, QK(j−2) and PV(j−2), were waited for by every warpgroup before this barrier), then
+// the warpgroup runs QK(j) if j < nw (its own tile count: tiles after its last row are
+// skipped) and PV(j−1) if 1 <= j <= nw. PingPong: warpgroup w waits on named barrier 1+w
+// before issuing and arrives on the other's after; warpgroup 1 pre-arrives once and skips its
+// last arrival, so every barrier phase completes (128 syncing + 128 arriving threads).
+template <int HD, int BN, bool PING>
+__global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
+    fwd_pipe(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ k,
+             const bf16* __restrict__ v, int T, int H) {
+  static_assert(HD == 64 || HD == 128, "hd 64 or 128");
+  static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
+#if RESBM_ATTN_WGMMA
+  constexpr uint32_t kTileK = BN * HD * sizeof(bf16);
+  constexpr int kSlots = kv_slots(Sched::Pipe);
+  extern __shared__ __align__(128) unsigned char attn_wgmma_smem[];
+  unsigned char* Qs = attn_wgmma_smem;
+  unsigned char* Ks = Qs + kBM * HD * sizeof(bf16);  // [3][BN rows]
+  unsigned char* Vs = Ks + kSlots * kTileK;          // [3][BN rows]
+  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4;
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int64_t C = int64_t(H) * HD;
+  const int64_t base = int64_t(b) * T * C + int64_t(h) * HD;
+  const int q0 = cuda_detail_attn_mma::tile_index() * kBM;
+  const int wg0 = q0 + 64 * wg, w0 = wg0 + 16 * warp;  // first row of the warpgroup, of the warp
+  const float sl2 = kLog2e / sqrtf(float(HD));
+
+  const int ntiles = (min(T, q0 + kBM) + BN - 1) / BN;
+  // Tiles this warpgroup needs (warpgroup-uniform): those with a key at or before its last row,
+  // none if it has no row before T.
+  const int nw = wg0 < T ? min(ntiles, (wg0 + 63) / BN + 1) : 0;
+  load_tile<kBM, HD>(Qs, q + base, q0, T, C);
+  load_tile<BN, HD>(Ks, k + base, 0, T, C);
+  load_tile<BN, HD>(Vs, v + base, 0, T, C);
+  cp_commit();
+
+  const uint32_t q_addr = saddr(Qs) + tile_offset<HD>(64 * wg, 0);
+  const uint32_t k_addr = saddr(Ks), v_addr = saddr(Vs);
+  float o[HD / 8][4];
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[d][e] = 0.0f;
+  float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
+  float s[BN / 8][4];
+  uint32_t p[BN / 16][4];  // P of the previous tile, packed: the A operand of its P·V
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) p[kk][e] = 0u;
+  if (PING && wg == 1) named_arrive(1);  // warpgroup 0 issues first
+
+  int slot = 0;  // j % 3
+  for (int j = 0; j <= ntiles; ++j) {
+    const int prev = slot == 0 ? kSlots - 1 : slot - 1, next = slot == kSlots - 1 ? 0 : slot + 1;
+    if (j < ntiles) {
+      cp_wait<0>();
+      fence_proxy_async();  // this thread's cp.async writes, visible to the async proxy (wgmma)
+      __syncthreads();
+      if (j + 1 < ntiles) {
+        load_tile<BN, HD>(Ks + next * kTileK, k + base, (j + 1) * BN, T, C);
+        load_tile<BN, HD>(Vs + next * kTileK, v + base, (j + 1) * BN, T, C);
+        cp_commit();
+      }
+    }
+    // Three self-contained (issued and waited for within the branch) forms of the step, so that
+    // no wgmma is in flight across a branch: ptxas would serialise them all (C7520). The
+    // conditions are warpgroup-uniform.
+    if (PING) named_sync(1 + wg);  // my turn to issue
+    if (j >= 1 && j < nw) {        // QK(j) and PV(j-1): the steady state
+      fence_regs(o);
+      fence_regs(p);
+      wg_fence();
+      qk_issue<HD, BN>(s, q_addr, k_addr + slot * kTileK);
+      wg_commit();
+      pv_issue<HD, BN>(o, p, v_addr + prev * kTileK);
+      wg_commit();
+      if (PING) named_arrive(2 - wg);  // the other's turn (j < ntiles here)
+      wg_wait<1>();                    // S(j) done; P(j-1)·V(j-1) may still run
+      fence_regs(s);
+      const float2 c = cuda_detail_attn_mma::softmax_p<BN / 8, true>(s, mx, sum, j * BN, w0, sl2);
+      wg_wait<0>();
+      fence_regs(o);
+      fence_regs(p);
+      fence_regs(s);  // the packing below after the wait: p is the A operand of the product just waited for
+#pragma unroll
+      for (int d = 0; d < HD / 8; ++d) {
+        o[d][0] *= c.x;
+        o[d][1] *= c.x;
+        o[d][2] *= c.y;
+        o[d][3] *= c.y;
+      }
+      pack_p<BN>(p, s);
+    } else if (j == 0 && nw > 0) {  // QK(0) only (o is still 0: no rescaling)
+      wg_fence();
+      qk_issue<HD, BN>(s, q_addr, k_addr + slot * kTileK);
+      wg_commit();
+      if (PING) named_arrive(2 - wg);
+      wg_wait<0>();
+      fence_regs(s);
+      cuda_detail_attn_mma::softmax_p<BN / 8, true>(s, mx, sum, 0, w0, sl2);
+      pack_p<BN>(p, s);
+    } else if (j >= 1 && j == nw) {  // PV(nw-1) only
+      if (PING && (wg == 0 || j < ntiles)) named_arrive(2 - wg);
+      fence_regs(o);
+      fence_regs(p);
+      wg_fence();
+      pv_issue<HD, BN>(o, p, v_addr + prev * kTileK);
+      wg_commit();
+      wg_wait<0>();
+      fence_regs(o);
+    } else if (PING && (wg == 0 || j < ntiles)) {  // nothing to do
+      named_arrive(2 - wg);
+    }
+    slot = next;
+  }
+  finish<HD>(out + base, lse + int64_t(bh) * T, C, w0, T, o, mx, sum);
+#elif defined(__CUDA_ARCH__)
+  (void)out, (void)lse, (void)q, (void)k, (void)v, (void)T, (void)H;
+  __trap();  // built for a target without wgmma
+#endif
+}
+
+template <int HD, int BN, Sched S>
+constexpr auto kernel() {
+  if constexpr (S == Sched::Serial) return &fwd_serial<HD, BN>;
+  else return &fwd_pipe<HD, BN, S == Sched::PingPong>;
+}
+
 // Opts the kernel in to its dynamic shared memory (> 48 KiB), once per process.
-template <int HD, int BN>
+template <int HD, int BN, Sched S>
 void configure() {
   static const bool done = [] {
-    cuda_detail_attn_mma::allow_smem(fwd<HD, BN>, fwd_smem<HD, BN>());
+    cuda_detail_attn_mma::allow_smem(kernel<HD, BN, S>(), fwd_smem<HD, BN, S>());
     return true;
   }();
   (void)done;
 }
 
-// The forward with BN-key tiles (64 or 128), for comparing the two; launch_fwd picks default_bn.
-template <int HD, int BN>
+// The variant (BN-key tiles, 64 or 128; schedule) that launch_fwd uses: PingPong with 128-key
+// tiles (n128 QKᵀ products, half the barriers of 64-key tiles; registers S 64 + P 32 + O 32/64).
+template <int HD>
+constexpr int default_bn() {
+  return 128;
+}
+constexpr Sched kDefaultSched = Sched::PingPong;
+
+// The forward with BN-key tiles and schedule S, for comparing the variants; launch_fwd picks
+// the default.
+template <int HD, int BN, Sched S = kDefaultSched>
 void launch_fwd_bn(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
                    int64_t T, int64_t H) {
   if (B * T * H == 0) return;
-  configure<HD, BN>();
+  configure<HD, BN, S>();
   const dim3 grid(unsigned((T + kBM - 1) / kBM), unsigned(B * H));
-  fwd<HD, BN><<<grid, kThreads, fwd_smem<HD, BN>(), ctx.stream>>>(out, lse, q, k, v, int(T), int(H));
+  kernel<HD, BN, S>()<<<grid, kThreads, fwd_smem<HD, BN, S>(), ctx.stream>>>(out, lse, q, k, v, int(T), int(H));
   RESBM_CUDA_LAUNCH_CHECK();
 }
 
@@ -445,7 +589,7 @@ void launch_fwd_bn(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const
 template <int HD>
 void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
                 int64_t T, int64_t H) {
-  launch_fwd_bn<HD, default_bn<HD>()>(ctx, out, lse, q, k, v, B, T, H);
+  launch_fwd_bn<HD, default_bn<HD>(), kDefaultSched>(ctx, out, lse, q, k, v, B, T, H);
 }
 
 }  // namespace resbm::ops::cuda_detail_attn_wgmma
