@@ -221,14 +221,21 @@ int main(int argc, char** argv) {
     add(("attention_forward" + tag).c_str(), 4 * aact, 2 * pair, [&] {
       ops::attention_forward(ctx, V4(o), cache.view({int64_t(cache.size())}), V4(q), V4(k), V4(v));
     });
-    for (const bool det : {false, true}) {
-      ops::cuda_attention_deterministic = det;
-      add(("attention_backward" + tag + (det ? " deterministic" : " single pass")).c_str(), 8 * aact, 5 * pair, [&] {
+    struct Path {
+      bool det, wgmma;
+      const char* name;
+    };
+    for (const Path p : {Path{false, true, " single pass, wgmma"}, Path{false, false, " single pass, mma.sync"},
+                         Path{true, false, " deterministic"}}) {
+      ops::cuda_attention_deterministic = p.det;
+      ops::cuda_attention_wgmma = p.wgmma;
+      add(("attention_backward" + tag + p.name).c_str(), 8 * aact, 5 * pair, [&] {
         ops::attention_backward(ctx, V4(dq), V4(dk), V4(dv), V4(g), cache.view({int64_t(cache.size())}), V4(q),
                                 V4(k), V4(v), V4(o));
       });
     }
     ops::cuda_attention_deterministic = false;
+    ops::cuda_attention_wgmma = true;
     // The model's backward: RoPE's inverse rotation of dq and dk in the kernels' stores
     // against the plain backward followed by RoPE's own pass over dq and dk.
     ops::CudaRopeTable arope(T, ahd);

@@ -183,4 +183,33 @@ inline std::vector<float> reference_lse(const std::vector<float>& q, const std::
   return out;
 }
 
+// x[i] = a bf16 in [-2, 2) from a hash of i: inputs for the timings without a host round trip.
+static __global__ void fill_hash(bf16* x, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    x[i] = bf16::from_float(float(h & 0xffff) / 16384.0f - 2.0f);
+  }
+}
+
+// Mean ms of f() over reps runs on ctx()'s stream, after one warm-up run.
+template <class F>
+float time_ms(F&& f, int reps) {
+  f();  // warm-up (also the one-time smem opt-in)
+  cudaEvent_t a, b;
+  RESBM_CUDA_CHECK(cudaEventCreate(&a));
+  RESBM_CUDA_CHECK(cudaEventCreate(&b));
+  RESBM_CUDA_CHECK(cudaEventRecord(a, ctx().stream));
+  for (int i = 0; i < reps; ++i) f();
+  RESBM_CUDA_CHECK(cudaEventRecord(b, ctx().stream));
+  RESBM_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  RESBM_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  RESBM_CUDA_CHECK(cudaEventDestroy(a));
+  RESBM_CUDA_CHECK(cudaEventDestroy(b));
+  return ms / float(reps);
+}
+
 }  // namespace resbm::test

@@ -211,20 +211,16 @@ bool guard_intact(const DeviceBuffer<T>& d, size_t n) {
   return std::all_of(bytes.begin(), bytes.end(), [](unsigned char c) { return c == 0xff; });
 }
 
-constexpr const char* sched_name(W::Sched s) {
-  return s == W::Sched::Serial ? "serial" : s == W::Sched::Pipe ? "pipe" : "pingpong";
-}
-
-template <int HD, int BN, W::Sched S>
+template <int HD, int BN>
 void check_forward(const AttnShape& s, const std::vector<float>& q, const std::vector<float>& k,
                    const std::vector<float>& v, const std::vector<float>& ref, const std::vector<float>& rlse) {
   const size_t n = size_t(s.B * s.T * s.H * s.hd), nl = size_t(s.B * s.H * s.T);
-  std::printf("attention wgmma forward (%s, BN=%d) B=%ld T=%ld H=%ld hd=%ld\n", sched_name(S), BN, long(s.B),
-              long(s.T), long(s.H), long(s.hd));
+  std::printf("attention wgmma forward (BN=%d) B=%ld T=%ld H=%ld hd=%ld\n", BN, long(s.B), long(s.T), long(s.H),
+              long(s.hd));
   auto d_q = upload_bf16(q), d_k = upload_bf16(k), d_v = upload_bf16(v);
   auto d_out = poisoned<bf16>(n + kGuardElems), m_out = poisoned<bf16>(n);
   auto d_lse = poisoned<float>(nl + kGuardElems), m_lse = poisoned<float>(nl);
-  W::launch_fwd_bn<HD, BN, S>(ctx(), d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H);
+  W::launch_fwd_bn<HD, BN>(ctx(), d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H);
   M::launch_fwd<HD>(ctx(), m_out.data(), m_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H);
   const auto out = download(d_out, n), lse = download(d_lse, nl);
   const auto mma_out = download(m_out, n), mma_lse = download(m_lse, nl);
@@ -252,16 +248,11 @@ void check_forward(const AttnShape& s, const std::vector<float>& q, const std::v
   CHECK(lg);
 }
 
-// Every variant of the forward (key tile BN × schedule), in the order the timing prints them.
+// Both key tiles of the forward, in the order the timing prints them.
 template <int HD, class F>
 void for_each_variant(F&& f) {
-  using S = W::Sched;
-  f.template operator()<64, S::Serial>();
-  f.template operator()<128, S::Serial>();
-  f.template operator()<64, S::Pipe>();
-  f.template operator()<128, S::Pipe>();
-  f.template operator()<64, S::PingPong>();
-  f.template operator()<128, S::PingPong>();
+  f.template operator()<64>();
+  f.template operator()<128>();
 }
 
 }  // namespace
@@ -288,41 +279,13 @@ TEST_CASE("wgmma flash attention forward matches the CPU op and the mma.sync for
     ops::attention_forward<float>(host(), Tensor<float>(ref.data(), {s.B, s.T, s.H, s.hd}),
                                   Tensor<float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k), C4(v));
     const auto rlse = reference_lse(q, k, s.B, s.T, s.H, s.hd);
-    if (s.hd == 64) for_each_variant<64>([&]<int BN, W::Sched S>() { check_forward<64, BN, S>(s, q, k, v, ref, rlse); });
-    else for_each_variant<128>([&]<int BN, W::Sched S>() { check_forward<128, BN, S>(s, q, k, v, ref, rlse); });
+    if (s.hd == 64) for_each_variant<64>([&]<int BN>() { check_forward<64, BN>(s, q, k, v, ref, rlse); });
+    else for_each_variant<128>([&]<int BN>() { check_forward<128, BN>(s, q, k, v, ref, rlse); });
     // The default (launch_fwd) is one of the variants above.
   }
 }
 
 namespace {
-// x[i] = a bf16 in [-2, 2) from a hash of i: inputs for the timing without a host round trip.
-__global__ void fill_hash(bf16* x, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    x[i] = bf16::from_float(float(h & 0xffff) / 16384.0f - 2.0f);
-  }
-}
-
-template <class F>
-float time_ms(F&& f, int reps) {
-  f();  // warm-up (also the one-time smem opt-in)
-  cudaEvent_t a, b;
-  RESBM_CUDA_CHECK(cudaEventCreate(&a));
-  RESBM_CUDA_CHECK(cudaEventCreate(&b));
-  RESBM_CUDA_CHECK(cudaEventRecord(a, ctx().stream));
-  for (int i = 0; i < reps; ++i) f();
-  RESBM_CUDA_CHECK(cudaEventRecord(b, ctx().stream));
-  RESBM_CUDA_CHECK(cudaEventSynchronize(b));
-  float ms = 0;
-  RESBM_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-  RESBM_CUDA_CHECK(cudaEventDestroy(a));
-  RESBM_CUDA_CHECK(cudaEventDestroy(b));
-  return ms / float(reps);
-}
-
 // Every variant at one shape, each against the mma.sync forward's output (timed once).
 template <int HD>
 void time_shape(int64_t B, int64_t T, int64_t H) {
@@ -341,13 +304,12 @@ void time_shape(int64_t B, int64_t T, int64_t H) {
   std::printf("timing B=%ld T=%ld H=%ld hd=%d: mma.sync            %.4f ms (%.0f TFLOP/s)\n", long(B), long(T),
               long(H), HD, double(tm), flop / (double(tm) * 1e9));
   const auto b = download(o2), lb = download(l2);
-  for_each_variant<HD>([&]<int BN, W::Sched S>() {
+  for_each_variant<HD>([&]<int BN>() {
     const float tw = time_ms(
-        [&] { W::launch_fwd_bn<HD, BN, S>(ctx(), o1.data(), l1.data(), q.data(), k.data(), v.data(), B, T, H); }, 20);
-    const bool dflt = BN == W::default_bn<HD>() && S == W::kDefaultSched;
-    std::printf("timing B=%ld T=%ld H=%ld hd=%d: wgmma %-8s BN=%-3d %.4f ms (%.0f TFLOP/s, x%.2f vs mma.sync)%s\n",
-                long(B), long(T), long(H), HD, sched_name(S), BN, double(tw), flop / (double(tw) * 1e9),
-                double(tm / tw), dflt ? "  [launch_fwd]" : "");
+        [&] { W::launch_fwd_bn<HD, BN>(ctx(), o1.data(), l1.data(), q.data(), k.data(), v.data(), B, T, H); }, 20);
+    std::printf("timing B=%ld T=%ld H=%ld hd=%d: wgmma BN=%-3d %.4f ms (%.0f TFLOP/s, x%.2f vs mma.sync)%s\n",
+                long(B), long(T), long(H), HD, BN, double(tw), flop / (double(tw) * 1e9), double(tm / tw),
+                BN == 64 ? "  [launch_fwd]" : "");
     const auto a = download(o1), la = download(l1);
     CHECK_REL(a, b, kBf16);
     CHECK_REL(la, lb, kF32);

@@ -359,7 +359,7 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
     int64_t B, T, H, hd;
   };
   struct Mode {
-    bool tc, det;
+    bool tc, det, wgmma;
     const char* name;
   };
   for (S s : {S{2, 64, 2, 64}, S{1, 200, 3, 64}, S{2, 77, 2, 32}, S{1, 130, 2, 128}, S{1, 1, 1, 64}, S{1, 1, 2, 32},
@@ -384,10 +384,13 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
     auto d_q = upload_bf16(q), d_k = upload_bf16(k), d_v = upload_bf16(v), d_dout = upload_bf16(dout);
     auto V4 = [&](DeviceBuffer<bf16>& x) { return x.view({s.B, s.T, s.H, s.hd}); };
 
-    for (Mode m : {Mode{true, false, "tensor cores, single pass"}, Mode{true, true, "tensor cores, deterministic"},
-                   Mode{false, true, "cuda cores"}}) {
+    // hd 32 has no wgmma kernel: its "wgmma" mode runs the mma.sync single pass again.
+    for (Mode m : {Mode{true, false, true, "tensor cores, single pass, wgmma"},
+                   Mode{true, false, false, "tensor cores, single pass, mma.sync"},
+                   Mode{true, true, false, "tensor cores, deterministic"}, Mode{false, true, false, "cuda cores"}}) {
       ops::cuda_attention_tensor_cores = m.tc;
       ops::cuda_attention_deterministic = m.det;
+      ops::cuda_attention_wgmma = m.wgmma;
       std::printf("attention (%s) B=%ld T=%ld H=%ld hd=%ld\n", m.name, long(s.B), long(s.T), long(s.H), long(s.hd));
       auto d_out = poisoned<bf16>(n), d_dq = poisoned<bf16>(n), d_dk = poisoned<bf16>(n), d_dv = poisoned<bf16>(n);
       auto d_cache = poisoned<float>(size_t(ops::cuda_attention_cache_size(s.B, s.T, s.H)));
@@ -427,6 +430,7 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
   }
   ops::cuda_attention_tensor_cores = true;
   ops::cuda_attention_deterministic = false;
+  ops::cuda_attention_wgmma = true;
 }
 
 // The deterministic backward gives the same bits on every run; the single pass differs from

@@ -6,8 +6,7 @@
 //
 // A block of 2 warpgroups (256 threads) owns 128 query rows: warpgroup w rows 64w..64w+63.
 // Q is loaded once; K/V tiles of BN keys are double-buffered in shared memory by cp.async.
-// Per key tile and warpgroup (the products and the softmax are scheduled serially or pipelined,
-// see Sched below; launch_fwd runs the default variant):
+// Per key tile and warpgroup (the two products and the softmax pipelined: see fwd_pipe):
 //   S (64 × BN, fp32 registers) = Q · Kᵀ   wgmma m64nBNk16, A = Q and B = K from shared
 //                                           memory, both K-major (hd contiguous), HD/16 k-steps
 //   online softmax on S in registers (the causal mask only on tiles that reach past the
@@ -299,20 +298,17 @@ __device__ __forceinline__ void pv(float (&o)[HD / 8][4], const float (&p)[BN / 
   fence_regs(o);
 }
 
-// The schedules of a key tile's two products and its softmax (compile-time variants, timed side by
-// side by the test; FA3 = Shah et al. 2024, "FlashAttention-3", §3.1-3.2):
-//   Serial:   per tile S = QKᵀ, wait, softmax, O += PV, wait: the tensor cores idle during the
-//             softmax (only another block a SM, hd 64 / BN 64, overlaps it).
-//   Pipe:     intra-warpgroup pipelining (FA3 §3.2, Algorithm 2): in step j the warpgroup issues
-//             S(j) = Q·K(j)ᵀ, then O += P(j−1)·V(j−1) (P carried from the previous step as packed
-//             bf16), waits for S(j) only (wait_group 1), runs the softmax of tile j while the
-//             P·V product is still in flight, then waits for it (wait_group 0), rescales O by the
-//             new max and packs P(j). K and V tiles rotate through 3 shared slots: V(j−1) is read
-//             in step j while tile j+1 is loaded.
-//   PingPong: Pipe, plus inter-warpgroup ordering (FA3 §3.1): named barriers make warpgroup 0
-//             issue its products of step j before warpgroup 1 issues its own, so that one
-//             warpgroup's softmax runs under the other's products instead of both at once.
-enum class Sched { Serial, Pipe, PingPong };
+// The schedule of a key tile's two products and its softmax (FA3 = Shah et al. 2024,
+// "FlashAttention-3", §3.2, Algorithm 2): in step j the warpgroup issues S(j) = Q·K(j)ᵀ, then
+// O += P(j−1)·V(j−1) (P carried from the previous step as packed bf16), waits for S(j) only
+// (wait_group 1), runs the softmax of tile j while the P·V product is still in flight, then
+// waits for it (wait_group 0), rescales O by the new max and packs P(j). K and V tiles rotate
+// through 3 shared slots: V(j−1) is read in step j while tile j+1 is loaded. Measured on the
+// H200 in one run (B 16, T 1024; test_cuda_attention_wgmma's timing, commit 7726988) against
+// the serial schedule (S, wait, softmax, P·V, wait) and FA3's ping-pong of the two warpgroups
+// on named barriers (§3.1, with one __syncthreads a tile left for the cp.async ring), both
+// since removed: hd 64 0.154 / 0.172 / 0.154 ms (64-key tiles; 128-key tiles 0.19–0.20),
+// hd 128 0.385 / 0.433 / 0.404 ms; mma.sync 0.163 and 0.342 ms.
 
 // Blocks a SM for __launch_bounds__: 2 where S, O and P fit in 128 registers (hd 64 with 64-key
 // tiles: 32 + 32 + 16), so that two blocks, not synchronised with each other, overlap one's
@@ -322,13 +318,12 @@ constexpr int min_blocks() {
   return HD == 64 && BN == 64 ? 2 : 1;
 }
 
-// K/V slots in shared memory: 2 (Serial), 3 (the pipelined schedules keep V(j−1) while tile j+1
-// loads).
-constexpr int kv_slots(Sched S) { return S == Sched::Serial ? 2 : 3; }
+// K/V slots in shared memory: V(j−1) is read while tile j+1 loads.
+constexpr int kSlots = 3;
 
-template <int HD, int BN, Sched S>
+template <int HD, int BN>
 constexpr size_t fwd_smem() {
-  return size_t(kBM + 2 * kv_slots(S) * BN) * HD * sizeof(bf16);  // Q, then K[slots], then V[slots]
+  return size_t(kBM + 2 * kSlots * BN) * HD * sizeof(bf16);  // Q, then K[slots], then V[slots]
 }
 
 // Row sums reduced over the quad, out (rows w0.., scaled by 1/l) and lse (natural log) stored;
@@ -350,88 +345,11 @@ __device__ __forceinline__ void finish(bf16* out, float* lse, int64_t C, int w0,
   }
 }
 
-// Named barriers of both warpgroups (ids 1, 2; 0 is __syncthreads'). The id is a register (no
-// branch on the warpgroup while a wgmma is in flight), so ptxas reserves all 16 of the block.
-__device__ __forceinline__ void named_sync(int id) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
-}
-
+// Block step j = 0..ntiles: tile j's K/V have landed (all threads: cp.async wait, proxy fence,
+// barrier), tile j+1 is loaded into slot (j+1)%3 (its last readers, QK(j−2) and PV(j−2), were
+// waited for by every warpgroup before this barrier), then the warpgroup runs QK(j) if j < nw
+// (its own tile count: tiles after its last row are skipped) and PV(j−1) if 1 <= j <= nw.
 template <int HD, int BN>
-__global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
-    fwd_serial(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ k,
-        const bf16* __restrict__ v, int T, int H) {
-  static_assert(HD == 64 || HD == 128, "hd 64 or 128");
-  static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
-#if RESBM_ATTN_WGMMA
-  constexpr uint32_t kTileK = BN * HD * sizeof(bf16);
-  extern __shared__ __align__(128) unsigned char attn_wgmma_smem[];
-  unsigned char* Qs = attn_wgmma_smem;
-  unsigned char* Ks = Qs + kBM * HD * sizeof(bf16);  // [2][BN rows]
-  unsigned char* Vs = Ks + 2 * kTileK;               // [2][BN rows]
-  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4;
-  const int bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int64_t C = int64_t(H) * HD;
-  const int64_t base = int64_t(b) * T * C + int64_t(h) * HD;
-  const int q0 = cuda_detail_attn_mma::tile_index() * kBM;
-  const int wg0 = q0 + 64 * wg, w0 = wg0 + 16 * warp;  // first row of the warpgroup, of the warp
-  const float sl2 = kLog2e / sqrtf(float(HD));
-
-  const int ntiles = (min(T, q0 + kBM) + BN - 1) / BN;
-  load_tile<kBM, HD>(Qs, q + base, q0, T, C);
-  load_tile<BN, HD>(Ks, k + base, 0, T, C);
-  load_tile<BN, HD>(Vs, v + base, 0, T, C);
-  cp_commit();
-
-  const uint32_t q_addr = saddr(Qs) + tile_offset<HD>(64 * wg, 0);
-  const uint32_t k_addr = saddr(Ks), v_addr = saddr(Vs);
-  float o[HD / 8][4];
-#pragma unroll
-  for (int d = 0; d < HD / 8; ++d)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[d][e] = 0.0f;
-  float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
-
-  for (int j = 0; j < ntiles; ++j) {
-    const int buf = j & 1;
-    if (j + 1 < ntiles) {
-      load_tile<BN, HD>(Ks + (buf ^ 1) * kTileK, k + base, (j + 1) * BN, T, C);
-      load_tile<BN, HD>(Vs + (buf ^ 1) * kTileK, v + base, (j + 1) * BN, T, C);
-      cp_commit();
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
-    }
-    fence_proxy_async();  // this thread's cp.async writes, visible to the async proxy (wgmma)
-    __syncthreads();
-    const int k0 = j * BN;
-    // Warpgroup-uniform: the warpgroup has a row before T and a row at or after key k0.
-    if (wg0 < T && k0 <= wg0 + 63) {
-      float s[BN / 8][4];
-      qk<HD, BN>(s, q_addr, k_addr + buf * kTileK);
-      cuda_detail_attn_mma::softmax_step<HD, BN / 8, true>(s, o, mx, sum, k0, w0, sl2);
-      pv<HD, BN>(o, s, v_addr + buf * kTileK);
-    }
-    __syncthreads();  // the buffer is refilled in the next iteration
-  }
-
-  finish<HD>(out + base, lse + int64_t(bh) * T, C, w0, T, o, mx, sum);
-#elif defined(__CUDA_ARCH__)
-  (void)out, (void)lse, (void)q, (void)k, (void)v, (void)T, (void)H;
-  __trap();  // built for a target without wgmma
-#endif
-}
-
-// Pipe and PingPong (see Sched). Block step j = 0..ntiles: tile j's K/V have landed (all
-// threads: cp.async wait, proxy fence, barrier), tile j+1 is loaded into slot (j+1)%3 (its last
-// readers, QK(j−2) and PV(j−2), were waited for by every warpgroup before this barrier), then
-// the warpgroup runs QK(j) if j < nw (its own tile count: tiles after its last row are
-// skipped) and PV(j−1) if 1 <= j <= nw. PingPong: warpgroup w waits on named barrier 1+w
-// before issuing and arrives on the other's after; warpgroup 1 pre-arrives once and skips its
-// last arrival, so every barrier phase completes (128 syncing + 128 arriving threads).
-template <int HD, int BN, bool PING>
 __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
     fwd_pipe(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ k,
              const bf16* __restrict__ v, int T, int H) {
@@ -439,7 +357,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
   static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
 #if RESBM_ATTN_WGMMA
   constexpr uint32_t kTileK = BN * HD * sizeof(bf16);
-  constexpr int kSlots = kv_slots(Sched::Pipe);
   extern __shared__ __align__(128) unsigned char attn_wgmma_smem[];
   unsigned char* Qs = attn_wgmma_smem;
   unsigned char* Ks = Qs + kBM * HD * sizeof(bf16);  // [3][BN rows]
@@ -475,7 +392,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
   for (int kk = 0; kk < BN / 16; ++kk)
 #pragma unroll
     for (int e = 0; e < 4; ++e) p[kk][e] = 0u;
-  if (PING && wg == 1) named_arrive(1);  // warpgroup 0 issues first
 
   int slot = 0;  // j % 3
   for (int j = 0; j <= ntiles; ++j) {
@@ -493,7 +409,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
     // Three self-contained (issued and waited for within the branch) forms of the step, so that
     // no wgmma is in flight across a branch: ptxas would serialise them all (C7520). The
     // conditions are warpgroup-uniform.
-    if (PING) named_sync(1 + wg);  // my turn to issue
     if (j >= 1 && j < nw) {        // QK(j) and PV(j-1): the steady state
       fence_regs(o);
       fence_regs(p);
@@ -502,7 +417,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
       wg_commit();
       pv_issue<HD, BN>(o, p, v_addr + prev * kTileK);
       wg_commit();
-      if (PING) named_arrive(2 - wg);  // the other's turn (j < ntiles here)
       wg_wait<1>();                    // S(j) done; P(j-1)·V(j-1) may still run
       fence_regs(s);
       const float2 c = cuda_detail_attn_mma::softmax_p<BN / 8, true>(s, mx, sum, j * BN, w0, sl2);
@@ -522,13 +436,11 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
       wg_fence();
       qk_issue<HD, BN>(s, q_addr, k_addr + slot * kTileK);
       wg_commit();
-      if (PING) named_arrive(2 - wg);
       wg_wait<0>();
       fence_regs(s);
       cuda_detail_attn_mma::softmax_p<BN / 8, true>(s, mx, sum, 0, w0, sl2);
       pack_p<BN>(p, s);
     } else if (j >= 1 && j == nw) {  // PV(nw-1) only
-      if (PING && (wg == 0 || j < ntiles)) named_arrive(2 - wg);
       fence_regs(o);
       fence_regs(p);
       wg_fence();
@@ -536,8 +448,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
       wg_commit();
       wg_wait<0>();
       fence_regs(o);
-    } else if (PING && (wg == 0 || j < ntiles)) {  // nothing to do
-      named_arrive(2 - wg);
     }
     slot = next;
   }
@@ -548,39 +458,24 @@ __global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
 #endif
 }
 
-template <int HD, int BN, Sched S>
-constexpr auto kernel() {
-  if constexpr (S == Sched::Serial) return &fwd_serial<HD, BN>;
-  else return &fwd_pipe<HD, BN, S == Sched::PingPong>;
-}
-
 // Opts the kernel in to its dynamic shared memory (> 48 KiB), once per process.
-template <int HD, int BN, Sched S>
+template <int HD, int BN>
 void configure() {
   static const bool done = [] {
-    cuda_detail_attn_mma::allow_smem(kernel<HD, BN, S>(), fwd_smem<HD, BN, S>());
+    cuda_detail_attn_mma::allow_smem(fwd_pipe<HD, BN>, fwd_smem<HD, BN>());
     return true;
   }();
   (void)done;
 }
 
-// The variant (BN-key tiles, 64 or 128; schedule) that launch_fwd uses: PingPong with 128-key
-// tiles (n128 QKᵀ products, half the barriers of 64-key tiles; registers S 64 + P 32 + O 32/64).
-template <int HD>
-constexpr int default_bn() {
-  return 128;
-}
-constexpr Sched kDefaultSched = Sched::PingPong;
-
-// The forward with BN-key tiles and schedule S, for comparing the variants; launch_fwd picks
-// the default.
-template <int HD, int BN, Sched S = kDefaultSched>
+// The forward with BN-key tiles (64 or 128; launch_fwd: 64, faster in the run above).
+template <int HD, int BN>
 void launch_fwd_bn(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
                    int64_t T, int64_t H) {
   if (B * T * H == 0) return;
-  configure<HD, BN, S>();
+  configure<HD, BN>();
   const dim3 grid(unsigned((T + kBM - 1) / kBM), unsigned(B * H));
-  kernel<HD, BN, S>()<<<grid, kThreads, fwd_smem<HD, BN, S>(), ctx.stream>>>(out, lse, q, k, v, int(T), int(H));
+  fwd_pipe<HD, BN><<<grid, kThreads, fwd_smem<HD, BN>(), ctx.stream>>>(out, lse, q, k, v, int(T), int(H));
   RESBM_CUDA_LAUNCH_CHECK();
 }
 
@@ -589,7 +484,7 @@ void launch_fwd_bn(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const
 template <int HD>
 void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
                 int64_t T, int64_t H) {
-  launch_fwd_bn<HD, default_bn<HD>(), kDefaultSched>(ctx, out, lse, q, k, v, B, T, H);
+  launch_fwd_bn<HD, 64>(ctx, out, lse, q, k, v, B, T, H);
 }
 
 }  // namespace resbm::ops::cuda_detail_attn_wgmma
