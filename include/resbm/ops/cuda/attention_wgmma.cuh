@@ -5,7 +5,7 @@
 // [B, H, T], the natural-log log-sum-exp of the scaled scores; rows past T are not written).
 //
 // A block of 2 warpgroups (256 threads) owns 128 query rows: warpgroup w rows 64w..64w+63.
-// Q is loaded once; K/V tiles of BN keys are double-buffered in shared memory by cp.async.
+// Q is loaded once; K/V tiles of BN keys rotate through 3 shared-memory slots (cp.async).
 // Per key tile and warpgroup (the two products and the softmax pipelined: see fwd_pipe):
 //   S (64 × BN, fp32 registers) = Q · Kᵀ   wgmma m64nBNk16, A = Q and B = K from shared
 //                                           memory, both K-major (hd contiguous), HD/16 k-steps
