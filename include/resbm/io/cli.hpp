@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -28,6 +29,14 @@ class Cli {
     return *this;
   }
 
+  // Flags this program knows but does not take (a GPU trainer's share of a CPU trainer's
+  // flags): giving one, with or without a value, is an Error "--name <why>" with `fix`;
+  // --help lists them.
+  Cli& refuse(std::initializer_list<const char*> names, std::string why, std::string fix) {
+    for (const char* n : names) refused_.push_back({n, why, fix});
+    return *this;
+  }
+
   // Returns false when --help was printed (the caller exits 0).
   bool parse(int argc, const char* const* argv) {
     for (int i = 1; i < argc; ++i) {
@@ -46,6 +55,8 @@ class Cli {
         name = name.substr(0, eq);
         has_value = true;
       }
+      for (const Refused& r : refused_)
+        RESBM_CHECK(r.name != name, cat("--", name, " ", r.why), r.fix);
       Flag* f = find(name);
       RESBM_CHECK(f, cat("unknown flag --", name), cat("run ", program_, " --help for the list"));
       if (f->takes_value && !has_value) {
@@ -76,6 +87,13 @@ class Cli {
       std::fprintf(out, "\n");
     }
     std::fprintf(out, "  %-22s %s\n", "--help", "print this help and exit");
+    for (size_t i = 0; i < refused_.size(); ++i) {  // grouped by reason, in declaration order
+      if (i > 0 && refused_[i].why == refused_[i - 1].why) continue;
+      std::string names;
+      for (size_t j = i; j < refused_.size() && refused_[j].why == refused_[i].why; ++j)
+        names += (names.empty() ? "--" : ", --") + refused_[j].name;
+      std::fprintf(out, "\nrefused (\"--flag %s\"): %s\n", refused_[i].why.c_str(), names.c_str());
+    }
   }
 
  private:
@@ -84,6 +102,10 @@ class Cli {
     bool takes_value = true;
     std::function<void(std::string_view)> set;
     bool given = false;
+  };
+
+  struct Refused {
+    std::string name, why, fix;
   };
 
   Flag* find(const std::string& name) {
@@ -136,6 +158,7 @@ class Cli {
 
   std::string program_, summary_;
   std::vector<Flag> flags_;
+  std::vector<Refused> refused_;
 };
 
 }  // namespace resbm::io
