@@ -212,4 +212,21 @@ float time_ms(F&& f, int reps) {
   return ms / float(reps);
 }
 
+// The first element of got off want by more than atol + rtol·|want| (or not finite), as a
+// flat index (-1 if none), and how many are. Diagnostics only: the bounds are rel_err's.
+struct Mismatch {
+  int64_t first = -1, count = 0;
+};
+inline Mismatch find_mismatch(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol) {
+  Mismatch m;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = std::fabs(double(got[i]) - double(want[i]));
+    if (!std::isfinite(got[i]) || d > atol + rtol * std::fabs(double(want[i]))) {
+      if (m.first < 0) m.first = int64_t(i);
+      ++m.count;
+    }
+  }
+  return m;
+}
+
 }  // namespace resbm::test

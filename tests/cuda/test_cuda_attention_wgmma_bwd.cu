@@ -31,23 +31,6 @@ constexpr double kNoise = 1e-8;  // as test_cuda_ops.cu: a reference below this 
 constexpr double kBf16 = 1e-2;   // outputs rounded to bf16
 constexpr double kF32 = 1e-5;    // fp32 outputs from bf16 inputs
 
-// The first element of got off want by more than atol + rtol·|want| (or not finite), as a
-// flat index (-1 if none), and how many are. Diagnostics only: the bounds are rel_err's.
-struct Mismatch {
-  int64_t first = -1, count = 0;
-};
-Mismatch find_mismatch(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol) {
-  Mismatch m;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double d = std::fabs(double(got[i]) - double(want[i]));
-    if (!std::isfinite(got[i]) || d > atol + rtol * std::fabs(double(want[i]))) {
-      if (m.first < 0) m.first = int64_t(i);
-      ++m.count;
-    }
-  }
-  return m;
-}
-
 // ------------------------------------------------------------------------------------------
 // 1. dQ (BQ × HD) = dS (BQ × 128 keys) · K (128 × HD), through WB::dq_issue as the kernel
 //    splits it over its 2 warpgroups.
