@@ -8,6 +8,7 @@
 // (Muon, checkpoints, links, codecs without GPU halves) instead of silently ignoring it.
 // Ends with one machine-readable line `RESULT {json}`; tokens_per_s and step_ms leave out
 // the first --skip-steps steps (cuBLASLt plan creation and allocations happen in the first).
+#include <cuda_profiler_api.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -37,7 +38,7 @@ struct Options {
   std::string data = RESBM_DEFAULT_DATA;
   std::string tokenizer = "char", device = "cuda", optimizer = "adamw", metrics;
   int d_model = 128, layers = 4, heads = 4, seq = 128, batch = 16, ffn = 0, threads = 0;
-  int64_t steps = 600, warmup = 30, skip_steps = 2;
+  int64_t steps = 600, warmup = 30, skip_steps = 2, profile_step = -1;
   double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
   uint64_t seed = 1;
   int64_t eval_every = 0, eval_batches = 8;
@@ -103,8 +104,10 @@ int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split
     const double t0 = now_s();
     train_data.batch(step, tok.data(), tgt.data());
     const float lr_scale = optim::lr_multiplier(step, std::min(o.warmup, o.steps), o.steps, float(o.min_lr_ratio));
+    if (step == o.profile_step) RESBM_CUDA_CHECK(cudaProfilerStart());
     const auto [loss, norm] = pipe.train_step(tok.data(), tgt.data(), step, o.micro_batches, lr_scale, o.clip);
     ctx.synchronize();
+    if (step == o.profile_step) RESBM_CUDA_CHECK(cudaProfilerStop());
     const double dt = now_s() - t0;
     all_s += dt;
     if (step >= o.skip_steps) {
@@ -195,6 +198,8 @@ int resbm_train_cuda(int argc, char** argv) {
       .flag("eval-batches", &o.eval_batches, "validation batches per evaluation")
       .flag("metrics", &o.metrics, "write per-step metrics as JSONL to this file")
       .flag("skip-steps", &o.skip_steps, "first steps left out of tokens_per_s and step_ms (warm-up)")
+      .flag("profile-step", &o.profile_step,
+            "bracket this step (0-based) with cudaProfilerStart/Stop, for ncu --profile-from-start off (-1 = none)")
       .flag("fuse-projections", &o.fuse_projections, "one batched GEMM for q/k/v and one for gate/up")
       .flag("autotune", &o.autotune,
             "time cuBLASLt's candidate algorithms for each GEMM shape in the first step and keep the fastest")
@@ -213,6 +218,9 @@ int resbm_train_cuda(int argc, char** argv) {
   RESBM_CHECK(o.steps > 0 && o.batch > 0, "--steps and --batch must be positive", "pass positive values");
   RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.eval_batches > 0 && o.skip_steps >= 0,
               "--warmup, --eval-every, --skip-steps must be >= 0 and --eval-batches > 0", "fix the flag values");
+  RESBM_CHECK(o.profile_step >= -1 && o.profile_step < o.steps,
+              cat("--profile-step ", o.profile_step, " is not a step of this run (0 .. ", o.steps - 1, ")"),
+              "pass a step below --steps, or -1");
   RESBM_CHECK(o.micro_batches >= 1 && o.batch % o.micro_batches == 0,
               cat("--micro-batches ", o.micro_batches, " does not divide --batch ", o.batch),
               "pick --micro-batches among the divisors of --batch");

@@ -111,4 +111,6 @@ TEST_CASE("resbm-train --device cuda refuses what it does not support, by name")
   CHECK(out.find("--optimizer muon is not supported with --device cuda") != std::string::npos);
   CHECK(run("--device cuda --save /tmp/x --steps 1", &out) != 0);
   CHECK(out.find("--save is not supported with --device cuda") != std::string::npos);
+  CHECK(run("--device cuda --profile-step 3 --steps 3", &out) != 0);
+  CHECK(out.find("--profile-step 3 is not a step of this run (0 .. 2)") != std::string::npos);
 }
