@@ -5,7 +5,13 @@
 // is timed with CUDA events; the wire statuses are checked (a sync) after each round, outside
 // the events. Median over `reps` rounds after 5 warm-up rounds. The share column is
 // (stages - 1) boundaries x the round over the step time of config (a) (docs/cuda.md).
-// Usage: bench_codec_cuda [reps] [step_ms] [stages] [warmup] [only_rank]
+// The halves rebuild the bf16 operands they derive from the weights (fc1 ⊙ gain, the
+// decoder's [fc2 | Eᵀ | I]) only after the weights change, i.e. once per optimizer step,
+// not per micro-batch: a round here excludes that, unless `restep` is 1, which marks the
+// weights changed before every round (a step of one micro-batch). `autotune` 1 lets
+// cuBLASLt's plans pick the fastest of the heuristic's candidates (CudaContext::autotune),
+// as the CUDA trainer does by default; 0, the default here, takes the heuristic's first.
+// Usage: bench_codec_cuda [reps] [step_ms] [stages] [warmup] [only_rank] [restep] [autotune]
 // (e.g. `ncu --metrics gpu__time_duration.sum bench_codec_cuda 1 28.9 4 1 2`: per kernel)
 #include <algorithm>
 #include <cstdio>
@@ -44,7 +50,8 @@ double median(std::vector<float> v) {
 }
 
 template <int R>
-void bench(CudaContext& ctx, int64_t N, int d, int vocab, int reps, int warmup, double step_ms, int stages) {
+void bench(CudaContext& ctx, int64_t N, int d, int vocab, int reps, int warmup, double step_ms, int stages,
+           bool restep) {
   using Gpu = codec::CudaResidualBottleneck<codec::presets::Resbm<R>>;
   const codec::Boundary b{0, d, vocab};
   typename Gpu::Encoder enc(ctx, b);
@@ -67,6 +74,10 @@ void bench(CudaContext& ctx, int64_t N, int d, int vocab, int reps, int warmup, 
   for (auto& e : ev) RESBM_CUDA_CHECK(cudaEventCreate(&e));
   std::vector<float> times[5];
   for (int it = 0; it < reps + warmup; ++it) {
+    if (restep) {  // what CudaAdamW's step does to the halves' derived operands
+      (void)enc.params_bf16();
+      (void)dec.params_bf16();
+    }
     RESBM_CUDA_CHECK(cudaEventRecord(ev[0], ctx.stream));
     enc.forward(es, CudaTensor<const bf16>(h.data(), {N, d}), wire.view({wb}));
     RESBM_CUDA_CHECK(cudaEventRecord(ev[1], ctx.stream));
@@ -104,6 +115,8 @@ int main(int argc, char** argv) {
   const int stages = argc > 3 ? std::atoi(argv[3]) : 4;
   const int warmup = argc > 4 ? std::atoi(argv[4]) : 5;
   const int only_rank = argc > 5 ? std::atoi(argv[5]) : 0;
+  const bool restep = argc > 6 && std::atoi(argv[6]) != 0;
+  const bool autotune = argc > 7 && std::atoi(argv[7]) != 0;
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("no CUDA device\n");
@@ -111,12 +124,14 @@ int main(int argc, char** argv) {
   }
   try {
     CudaContext ctx(0);
-    std::printf("codec boundary (one micro-batch, eager, median of %d after %d warm-up rounds), %s; share = %d boundaries x total / %.1f ms\n",
-                reps, warmup, ctx.props.name, stages - 1, step_ms);
+    ctx.autotune = autotune;
+    std::printf("codec boundary (one micro-batch, eager, median of %d after %d warm-up rounds%s%s), %s; share = %d boundaries x total / %.1f ms\n",
+                reps, warmup, restep ? ", weights marked changed every round" : "",
+                autotune ? ", cuBLASLt autotuned" : "", ctx.props.name, stages - 1, step_ms);
     std::printf("| codec | tokens | d | enc fwd µs | dec fwd µs | dec bwd µs | enc bwd µs | total µs | share |\n");
     std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    if (only_rank == 0 || only_rank == 2) bench<2>(ctx, 16384, 768, 256, reps, warmup, step_ms, stages);
-    if (only_rank == 0 || only_rank == 8) bench<8>(ctx, 16384, 768, 256, reps, warmup, step_ms, stages);
+    if (only_rank == 0 || only_rank == 2) bench<2>(ctx, 16384, 768, 256, reps, warmup, step_ms, stages, restep);
+    if (only_rank == 0 || only_rank == 8) bench<8>(ctx, 16384, 768, 256, reps, warmup, step_ms, stages, restep);
   } catch (const Error& e) {
     std::printf("error: %s\n", e.what());
     return 1;

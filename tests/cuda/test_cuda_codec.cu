@@ -9,12 +9,19 @@
 //   within bf16 error of the CPU's z (the MLP's hidden activations are bf16 on the GPU);
 //   the two wires, decoded, agree to that error plus the rounding flips it causes;
 // - decoder output, code gradient (decoded gradient wires), dh and every parameter
-//   gradient: ‖gpu − cpu‖ / ‖cpu‖ within bf16 bounds (vocabularies 256, 32 and 64: the
-//   re-embedding's gradient by the one-hot GEMM, 65: by atomics);
+//   gradient: ‖gpu − cpu‖ / ‖cpu‖ within bf16 bounds. Paths: the decoder's one-GEMM output
+//   [act | onehot(ids) | y] · [fc2 | Eᵀ | I]ᵀ (vocabularies 256, 32, 64) and its gather +
+//   atomics fallback (65: not a multiple of 8, 2048: above 1024); the variants' own row
+//   layouts (NoIdentity + TokenReembed: one-hot and the bad-id column only; Truncate +
+//   NoSideInfo: [act | y]; NoIdentity + NoSideInfo: a plain GEMM); the fused encoder with
+//   the SiLU in its loads (Int8Grouped<16>, Int8PerToken) and the separate SiLU pass
+//   (Int8Grouped<64> at r = 2, whose groups 16 tokens do not hold);
 // - the decoder's gradient wire is exactly BwdWire::encode of the GPU's own fp32 dy;
 // - a non-finite h gives the CPU encoder's exact Error.
 // Written outputs are poisoned first (NaN, wire bytes 0x80 plus a guard that must stay
-// 0x80); parameter gradients accumulate from zero on both.
+// 0x80); parameter gradients accumulate from zero on both. The compared weights are written
+// as CudaAdamW writes them (through params() and params_bf16(), no refresh) after a forward
+// with other weights, so operands derived from stale weights would fail every comparison.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -67,13 +74,27 @@ std::vector<float> entry(const float* flat, const ParamInfo& p) {
   return std::vector<float>(flat + p.offset, flat + p.offset + p.numel);
 }
 
-template <int R>
-void check_codec(int64_t N, int d, int vocab) {
-  using Codec = codec::presets::Resbm<R>;
+// The weights written as CudaAdamW writes them: the fp32 masters through params(), their
+// bf16 copy through params_bf16(), on the half's stream, without refresh_bf16().
+template <class Half>
+void write_like_optimizer(Half& half, const ParamArena<float>& a) {
+  REQUIRE(half.size() == a.size());
+  const std::vector<float> w(a.params(), a.params() + a.size());
+  const auto w16 = to_bf16(w);
+  RESBM_CUDA_CHECK(
+      cudaMemcpyAsync(half.params(), w.data(), w.size() * sizeof(float), cudaMemcpyHostToDevice, ctx().stream));
+  RESBM_CUDA_CHECK(
+      cudaMemcpyAsync(half.params_bf16(), w16.data(), w16.size() * sizeof(bf16), cudaMemcpyHostToDevice, ctx().stream));
+  ctx().synchronize();
+}
+
+template <class Codec>
+void check_codec(const char* name, int64_t N, int d, int vocab, bool one_gemm) {
   using Gpu = codec::CudaResidualBottleneck<Codec>;
   using FW = typename Codec::fwd_wire;
   using BW = typename Codec::bwd_wire;
-  std::printf("Resbm<%d>: N %lld, d %d, vocab %d\n", R, static_cast<long long>(N), d, vocab);
+  constexpr int R = Codec::r;
+  std::printf("%s: N %lld, d %d, vocab %d\n", name, static_cast<long long>(N), d, vocab);
   const codec::Boundary b{1, d, vocab};
 
   ParamArena<float> enc_a, dec_a;
@@ -97,15 +118,31 @@ void check_codec(int64_t N, int d, int vocab) {
   CHECK(genc.download_params() == std::vector<float>(enc_a.params(), enc_a.params() + enc_a.size()));
   CHECK(gdec.download_params() == std::vector<float>(dec_a.params(), dec_a.params() + dec_a.size()));
 
-  fill_params(enc_a);
-  fill_params(dec_a);
-  genc.upload_params(std::vector<float>(enc_a.params(), enc_a.params() + enc_a.size()));
-  gdec.upload_params(std::vector<float>(dec_a.params(), dec_a.params() + dec_a.size()));
+  CHECK(gdec.one_gemm() == one_gemm);
 
   const auto h = randn(size_t(N) * size_t(d));
   const auto ids = rand_ids(size_t(N), vocab);
   auto h_dev = upload_bf16(h);
   auto ids_dev = upload(ids);
+
+  // A forward with the init weights first: it builds the derived operands (fc1 ⊙ gain, the
+  // decoder's output weight) that the writes below must make stale.
+  {
+    auto es0 = genc.make_activations(N);
+    auto ds0 = gdec.make_activations(N);
+    DeviceBuffer<std::byte> w0(genc.wire_bytes(N));
+    DeviceBuffer<bf16> h0(size_t(N) * size_t(d));
+    genc.forward(es0, CudaTensor<const bf16>(h_dev.data(), {N, d}), w0.view({int64_t(w0.size())}));
+    gdec.forward(ds0, CudaTensor<const std::byte>(w0.data(), {int64_t(w0.size())}),
+                 CudaTensor<const int32_t>(ids_dev.data(), {N}), h0.view({N, d}));
+    genc.check(es0);
+    gdec.check(ds0);
+  }
+
+  fill_params(enc_a);
+  fill_params(dec_a);
+  write_like_optimizer(genc, enc_a);
+  write_like_optimizer(gdec, dec_a);
 
   // ---- encoder forward
   auto es = enc.make_activations(N);
@@ -248,15 +285,33 @@ TEST_CASE("cuda silu forward and backward match the cpu op", "[cuda][codec]") {
 }
 
 TEST_CASE("cuda Resbm<2> halves match the cpu codec", "[cuda][codec]") {
-  check_codec<2>(4099, 256, 256);
-  check_codec<2>(16, 64, 32);
+  using C = codec::presets::Resbm<2>;
+  check_codec<C>("Resbm<2>", 4099, 256, 256, true);
+  check_codec<C>("Resbm<2>", 16, 64, 32, true);
+  check_codec<C>("Resbm<2>, vocab above the one-hot's", 1037, 64, 2048, false);
 }
 
 TEST_CASE("cuda Resbm<8> halves match the cpu codec", "[cuda][codec]") {
-  check_codec<8>(4096, 256, 256);
-  check_codec<8>(1037, 128, 65);
+  using C = codec::presets::Resbm<8>;
+  check_codec<C>("Resbm<8>", 4096, 256, 256, true);
+  check_codec<C>("Resbm<8>, vocab not a multiple of 8", 1037, 128, 65, false);
 }
 
 TEST_CASE("cuda Resbm<16> halves match the cpu codec", "[cuda][codec]") {
-  check_codec<16>(1037, 128, 64);
+  check_codec<codec::presets::Resbm<16>>("Resbm<16>", 1037, 128, 64, true);
+}
+
+// The identity and side-information variants: each lays out the decoder's row buffer
+// differently, and Int8Grouped<64> at r = 2 takes the encoder's separate SiLU pass.
+TEST_CASE("cuda ResidualBottleneck variants match the cpu codec", "[cuda][codec]") {
+  using codec::Int8Grouped;
+  using codec::Int8PerToken;
+  using codec::Mlp;
+  using codec::ResidualBottleneck;
+  check_codec<ResidualBottleneck<rank<2>, Mlp<128, codec::silu>, codec::NoIdentity, Int8Grouped<64>, Int8Grouped<64>,
+                                 codec::TokenReembed>>("NoIdentity, TokenReembed, Int8Grouped<64>", 1037, 128, 64, true);
+  check_codec<ResidualBottleneck<rank<4>, Mlp<64, codec::silu>, codec::Truncate, Int8PerToken, codec::Bf16Wire,
+                                 codec::NoSideInfo>>("Truncate, NoSideInfo, Int8PerToken", 515, 64, 32, true);
+  check_codec<ResidualBottleneck<rank<8>, Mlp<64, codec::silu>, codec::NoIdentity, Int8Grouped<16>, Int8Grouped<16>,
+                                 codec::NoSideInfo>>("NoIdentity, NoSideInfo", 515, 64, 32, false);
 }
