@@ -13,7 +13,7 @@ step build 400 ninja -C build-gpu test_cuda_attention_wgmma test_cuda_attention_
 if [ "${PROFILE_NCU:-1}" = 1 ]; then
   S="--section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis --section Occupancy"
   S="$S --section LaunchStats --section SchedulerStats --section MemoryWorkloadAnalysis"
-  step ncu_fwd 150 ncu --clock-control none --kernel-name regex:fwd_pipe --launch-skip 3 --launch-count 1 $S \
+  step ncu_fwd 150 ncu --clock-control none --kernel-name regex:fwd_tma --launch-skip 3 --launch-count 1 $S \
     build-gpu/tests/test_cuda_attention_wgmma "*timing*"
   step ncu_bwd 150 ncu --clock-control none --kernel-name-base demangled --kernel-name "regex:bwd<.int.64, .int.64>" --launch-skip 3 --launch-count 1 $S \
     build-gpu/tests/test_cuda_attention_wgmma_bwd "*timing*"

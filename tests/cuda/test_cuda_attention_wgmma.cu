@@ -1,17 +1,18 @@
-// The Hopper wgmma forwards of the causal flash attention (attention_wgmma.cuh: fwd_pipe and
-// fwd_tma). Two layers, so that a failure says where it comes from:
+// The Hopper wgmma forward of the causal flash attention (attention_wgmma.cuh: fwd_tma) and the
+// wgmma primitives it shares with the backward. Two layers, so that a failure says where it
+// comes from:
 //  1. the two warpgroup products the kernels are built of (qk: S = Q·Kᵀ from K-major shared
 //     tiles; pv: O += P·V with P packed from the accumulator registers and V an MN-major
-//     shared tile), each alone against a host GEMM, for every shape the kernels use: with
-//     fwd_pipe's no-swizzle tiles loaded by cp.async, and with fwd_tma's 128-byte-swizzled
-//     tiles loaded by TMA from a head of a [B, T, H, hd] tensor whose T ends inside the tile
-//     (the rows past it must arrive as zeros). A wrong descriptor (LBO/SBO, swizzle, start
-//     address steps), tensor map or fragment layout fails here with the first wrong
-//     (row, col) printed;
-//  2. each whole forward against the CPU op (out), the double-precision log-sum-exp (lse)
-//     and a second GPU forward (fwd_pipe against mma.sync, fwd_tma against fwd_pipe), with
-//     out and lse poisoned (NaN) plus a poisoned guard past their ends that must stay
-//     untouched.
+//     shared tile), each alone against a host GEMM, for every shape the kernels use: on the
+//     no-swizzle interleave tiles loaded by cp.async (W::load_tile, W::desc_k, W::desc_mn: the
+//     backward's layout) and on fwd_tma's 128-byte-swizzled tiles loaded by TMA
+//     (W::tensor_map, W::tma_tile, W::qk_issue_sw, W::pv_issue_sw). The operands are heads of
+//     [B, T, H, hd] tensors whose T ends inside the tile (the rows past it must arrive as
+//     zeros). A wrong descriptor (LBO/SBO, swizzle, start address steps), tensor map or
+//     fragment layout fails here with the first wrong (row, col) printed;
+//  2. the whole forward against the CPU op (out), the double-precision log-sum-exp (lse) and
+//     the mma.sync forward (both), with out and lse poisoned (NaN) plus a poisoned guard past
+//     their ends that must stay untouched.
 // Last, a timing of the forwards at the training shapes (printed, not checked).
 #include <algorithm>
 #include <cmath>
@@ -61,192 +62,197 @@ void check_matrix(const char* what, const std::vector<float>& got, const std::ve
 }
 
 // ------------------------------------------------------------------------------------------
-// 1. The warpgroup products alone: 2 warpgroups, each its 64 rows, as in the kernel.
+// 1. The warpgroup products alone: 2 warpgroups, each its 64 rows, as in the kernels. SW
+//    selects the tiles: false = interleave by cp.async, true = 128-byte swizzled by TMA.
 
-// s (128 × BN) = A (128 × HD) · B (BN × HD)ᵀ through W::qk; every warpgroup w takes rows
-// 64w.. of A, the way the kernel addresses Q.
-template <int HD, int BN>
-__global__ void __launch_bounds__(W::kThreads) qk_kernel(float* __restrict__ d, const bf16* __restrict__ a,
-                                                         const bf16* __restrict__ b) {
-  extern __shared__ __align__(128) unsigned char qk_smem[];
-  unsigned char* As = qk_smem;
-  unsigned char* Bs = As + 128 * HD * sizeof(bf16);
-  W::load_tile<128, HD>(As, a, 0, 128, HD);
-  W::load_tile<BN, HD>(Bs, b, 0, BN, HD);
-  M::cp_commit();
-  M::cp_wait<0>();
-  W::fence_proxy_async();
-  __syncthreads();
-  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
-  float s[BN / 8][4];
-  W::qk<HD, BN>(s, M::saddr(As) + W::tile_offset<HD>(64 * wg, 0), M::saddr(Bs));
-  const int r = 64 * wg + 16 * warp + l / 4;
-  for (int n = 0; n < BN / 8; ++n)
-    for (int e = 0; e < 4; ++e) d[(r + (e >> 1) * 8) * BN + n * 8 + 2 * (l % 4) + (e & 1)] = s[n][e];
+// The products committed and waited for (the kernels issue them only, and wait where their
+// schedule allows).
+// s (64 × BN) = A · Bᵀ over HD: A = 64 rows at a_addr (a core-matrix row of a 128-row tile),
+// B = the BN-row tile at b_addr. Interleave: k-step kk 256·kk bytes further in both.
+template <int HD, int BN, bool SW>
+__device__ __forceinline__ void qk(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
+  W::wg_fence();
+  if constexpr (SW) {
+    W::qk_issue_sw<HD, BN, 128>(s, a_addr, b_addr);
+  } else {
+    W::wgmma_ss<BN, false>(s, W::desc_k<HD>(a_addr), W::desc_k<HD>(b_addr));
+#pragma unroll
+    for (int kk = 1; kk < HD / 16; ++kk)
+      W::wgmma_ss<BN, true>(s, W::desc_k<HD>(a_addr + kk * 256), W::desc_k<HD>(b_addr + kk * 256));
+  }
+  W::wg_commit();
+  W::wg_wait<0>();
+  W::fence_regs(s);
+}
+// o (64 × HD) += p (64 × BN, accumulator layout, rounded to bf16) · V (the BN-row tile at
+// v_addr). Interleave: k-step kk 16 rows further.
+template <int HD, int BN, bool SW>
+__device__ __forceinline__ void pv(float (&o)[HD / 8][4], const float (&p)[BN / 8][4], uint32_t v_addr) {
+  uint32_t a[BN / 16][4];
+  W::pack_p<BN>(a, p);
+  W::fence_regs(o);
+  W::wg_fence();
+  if constexpr (SW) {
+    W::pv_issue_sw<HD, BN>(o, a, v_addr);
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+      W::wgmma_rs<HD>(o, a[kk], W::desc_mn<HD>(v_addr + W::tile_offset<HD>(16 * kk, 0)));
+  }
+  W::wg_commit();
+  W::wg_wait<0>();
+  W::fence_regs(o);
 }
 
-// o (128 × HD) = P (128 × BN, read into the accumulator layout) · V (BN × HD) through W::pv.
-template <int HD, int BN>
-__global__ void __launch_bounds__(W::kThreads) pv_kernel(float* __restrict__ d, const float* __restrict__ p,
-                                                         const bf16* __restrict__ v) {
-  extern __shared__ __align__(128) unsigned char pv_smem[];
-  W::load_tile<BN, HD>(pv_smem, v, 0, BN, HD);
-  M::cp_commit();
-  M::cp_wait<0>();
-  W::fence_proxy_async();
-  __syncthreads();
-  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
-  const int r = 64 * wg + 16 * warp + l / 4;
-  float s[BN / 8][4], o[HD / 8][4];
-  for (int n = 0; n < BN / 8; ++n)
-    for (int e = 0; e < 4; ++e) s[n][e] = p[(r + (e >> 1) * 8) * BN + n * 8 + 2 * (l % 4) + (e & 1)];
-  for (int n = 0; n < HD / 8; ++n)
-    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
-  W::pv<HD, BN>(o, s, M::saddr(pv_smem));
-  for (int n = 0; n < HD / 8; ++n)
-    for (int e = 0; e < 4; ++e) d[(r + (e >> 1) * 8) * HD + n * 8 + 2 * (l % 4) + (e & 1)] = o[n][e];
-}
+// Head (1, h) of a [2, T, 3, HD] bf16 tensor x as an operand: the pointer for cp.async, the
+// tensor map for TMA (built on the host; left zero for cp.async).
+struct Head {
+  CUtensorMap map;
+  const bf16* x;
+  int T, h;
+};
 
-template <int HD, int BN>
-void check_qk() {
-  std::printf("qk<HD=%d, BN=%d>: S (128 x %d) = Q (128 x %d) . K (%d x %d)^T\n", HD, BN, BN, HD, BN, HD);
-  const auto a = randn(size_t(128 * HD)), b = randn(size_t(BN * HD));
-  std::vector<float> ref(size_t(128 * BN));
-  for (int i = 0; i < 128; ++i)
-    for (int j = 0; j < BN; ++j) {
-      double acc = 0;
-      for (int x = 0; x < HD; ++x) acc += double(a[size_t(i * HD + x)]) * double(b[size_t(j * HD + x)]);
-      ref[size_t(i * BN + j)] = float(acc);
-    }
-  auto da = upload_bf16(a), db = upload_bf16(b);
-  auto dd = poisoned<float>(ref.size());
-  constexpr size_t smem = size_t(128 + BN) * HD * sizeof(bf16);
-  RESBM_CUDA_CHECK(cudaFuncSetAttribute(qk_kernel<HD, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  qk_kernel<HD, BN><<<1, W::kThreads, smem, ctx().stream>>>(dd.data(), da.data(), db.data());
-  RESBM_CUDA_LAUNCH_CHECK();
-  check_matrix("S", download(dd), ref, BN, kF32);
+// The tiles start 1024-byte aligned (a swizzle atom).
+__device__ __forceinline__ unsigned char* aligned(unsigned char* smem) {
+  return smem + (1024u - M::saddr(smem) % 1024u) % 1024u;
 }
-
-template <int HD, int BN>
-void check_pv() {
-  std::printf("pv<HD=%d, BN=%d>: O (128 x %d) = P (128 x %d) . V (%d x %d)\n", HD, BN, HD, BN, BN, HD);
-  // P as the softmax leaves it: in [0, 1]; bf16-rounded, since pv rounds it to bf16 itself.
-  auto p = randn(size_t(128 * BN));
-  for (auto& x : p) x = round_bf16(std::fabs(x) / 4);
-  const auto v = randn(size_t(BN * HD));
-  std::vector<float> ref(size_t(128 * HD));
-  for (int i = 0; i < 128; ++i)
-    for (int j = 0; j < HD; ++j) {
-      double acc = 0;
-      for (int x = 0; x < BN; ++x) acc += double(p[size_t(i * BN + x)]) * double(v[size_t(x * HD + j)]);
-      ref[size_t(i * HD + j)] = float(acc);
-    }
-  auto dp = upload(p);
-  auto dv = upload_bf16(v);
-  auto dd = poisoned<float>(ref.size());
-  constexpr size_t smem = size_t(BN) * HD * sizeof(bf16);
-  RESBM_CUDA_CHECK(cudaFuncSetAttribute(pv_kernel<HD, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  pv_kernel<HD, BN><<<1, W::kThreads, smem, ctx().stream>>>(dd.data(), dp.data(), dv.data());
-  RESBM_CUDA_LAUNCH_CHECK();
-  check_matrix("O", download(dd), ref, HD, kF32);
-}
-
-// The same products on fwd_tma's tiles: 128-byte swizzled, loaded by TMA (W::tensor_map,
-// W::tma_tile) from head (b, h) of [2, T, 3, HD] tensors, completing on one mbarrier.
-// s (128 × BN) = A (128 rows of head (1, 2)) · B (BN rows of head (1, 1))ᵀ through W::qk_sw.
-template <int HD, int BN>
-__global__ void __launch_bounds__(W::kThreads)
-    qk_tma_kernel(const __grid_constant__ CUtensorMap ta, const __grid_constant__ CUtensorMap tb,
-                  float* __restrict__ d) {
-  extern __shared__ __align__(1024) unsigned char qk_tma_smem[];
-  const uint32_t as = (M::saddr(qk_tma_smem) + 1023u) & ~1023u, bs = as + uint32_t(W::tma_tile_bytes<HD, 128>());
-  const uint32_t bar = bs + uint32_t(W::tma_tile_bytes<HD, BN>());
-  if (threadIdx.x == 0) {
-    W::mbar_init(bar, 1);
+// Before the fetches: TMA's barrier at bar, one arrival (expect_tx) a tile.
+template <bool SW>
+__device__ __forceinline__ void begin(uint32_t bar, uint32_t tiles) {
+  if (SW && threadIdx.x == 0) {
+    W::mbar_init(bar, tiles);
     W::mbar_fence_init();
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    W::mbar_expect_tx(bar, uint32_t(W::tma_tile_bytes<HD, 128>() + W::tma_tile_bytes<HD, BN>()));
-    W::tma_tile<HD, 128>(as, &ta, bar, 0, 1, 2);
-    W::tma_tile<HD, BN>(bs, &tb, bar, 0, 1, 1);
+}
+// Rows [0, R) of src into the tile at t, rows past src.T as zeros: by every thread through
+// cp.async (W::load_tile), or by thread 0 through TMA (W::tma_tile) completing on bar.
+template <int HD, int R, bool SW>
+__device__ __forceinline__ void fetch(unsigned char* t, const Head& src, uint32_t bar) {
+  if constexpr (SW) {
+    if (threadIdx.x == 0) {
+      W::mbar_expect_tx(bar, W::tma_tile_bytes<HD, R>());
+      W::tma_tile<HD, R>(M::saddr(t), &src.map, bar, 0, 1, src.h);
+    }
+  } else {
+    W::load_tile<R, HD>(t, src.x + int64_t(src.T * 3 + src.h) * HD, 0, src.T, 3 * HD);
   }
-  W::mbar_wait(bar, 0);
-  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
-  float s[BN / 8][4];
-  W::qk_sw<HD, BN, 128>(s, as + 64 * wg * W::kRowBytes, bs);
-  const int r = 64 * wg + 16 * warp + l / 4;
-  for (int n = 0; n < BN / 8; ++n)
-    for (int e = 0; e < 4; ++e) d[(r + (e >> 1) * 8) * BN + n * 8 + 2 * (l % 4) + (e & 1)] = s[n][e];
+}
+// After the fetches: every tile landed and visible to wgmma (cp.async: the proxy fence, then
+// the barrier; TMA: the mbarrier's phase 0).
+template <bool SW>
+__device__ __forceinline__ void landed(uint32_t bar) {
+  if constexpr (SW) {
+    W::mbar_wait(bar, 0);
+  } else {
+    M::cp_commit();
+    M::cp_wait<0>();
+    W::fence_proxy_async();
+    __syncthreads();
+  }
 }
 
-// o (128 × HD) = P (128 × BN, into the accumulator layout) · V (BN rows of head (1, 2)) through W::pv_sw.
-template <int HD, int BN>
+// Where element e of fragment n of this thread's 64 × N accumulator sits in the 128 × N
+// row-major result (warpgroup w rows 64w..; the layout of attention_wgmma.cuh's header).
+template <int N>
+__device__ __forceinline__ int frag_at(int n, int e) {
+  const int t = int(threadIdx.x), l = t % 32;
+  return (64 * (t / 128) + 16 * (t / 32 % 4) + l / 4 + 8 * (e >> 1)) * N + 8 * n + 2 * (l % 4) + (e & 1);
+}
+
+// s (128 × BN) = A (128 rows of a) · B (BN rows of b)ᵀ; warpgroup w takes rows 64w.. of A, the
+// way the kernels address Q (fwd_tma) and K (the backward).
+template <int HD, int BN, bool SW>
 __global__ void __launch_bounds__(W::kThreads)
-    pv_tma_kernel(const __grid_constant__ CUtensorMap tv, float* __restrict__ d, const float* __restrict__ p) {
-  extern __shared__ __align__(1024) unsigned char pv_tma_smem[];
-  const uint32_t vs = (M::saddr(pv_tma_smem) + 1023u) & ~1023u, bar = vs + uint32_t(W::tma_tile_bytes<HD, BN>());
-  if (threadIdx.x == 0) {
-    W::mbar_init(bar, 1);
-    W::mbar_fence_init();
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    W::mbar_expect_tx(bar, uint32_t(W::tma_tile_bytes<HD, BN>()));
-    W::tma_tile<HD, BN>(vs, &tv, bar, 0, 1, 2);
-  }
-  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
-  const int r = 64 * wg + 16 * warp + l / 4;
-  float s[BN / 8][4], o[HD / 8][4];
+    qk_kernel(const __grid_constant__ Head a, const __grid_constant__ Head b, float* __restrict__ d) {
+  extern __shared__ __align__(1024) unsigned char qk_smem[];
+  unsigned char* at = aligned(qk_smem);
+  unsigned char* bt = at + 128 * HD * sizeof(bf16);
+  const uint32_t bar = M::saddr(bt + BN * HD * sizeof(bf16));
+  begin<SW>(bar, 2);
+  fetch<HD, 128, SW>(at, a, bar);
+  fetch<HD, BN, SW>(bt, b, bar);
+  landed<SW>(bar);
+  // Row 64w: 8w core-matrix rows further (interleave), 64w rows of 128 bytes into every panel (swizzled).
+  const int wg = int(threadIdx.x) / 128;
+  const uint32_t a_addr = M::saddr(at) + (SW ? 64 * wg * W::kRowBytes : W::tile_offset<HD>(64 * wg, 0));
+  float s[BN / 8][4];
+  qk<HD, BN, SW>(s, a_addr, M::saddr(bt));
   for (int n = 0; n < BN / 8; ++n)
-    for (int e = 0; e < 4; ++e) s[n][e] = p[(r + (e >> 1) * 8) * BN + n * 8 + 2 * (l % 4) + (e & 1)];
-  for (int n = 0; n < HD / 8; ++n)
-    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
-  W::mbar_wait(bar, 0);
-  W::pv_sw<HD, BN>(o, s, vs);
-  for (int n = 0; n < HD / 8; ++n)
-    for (int e = 0; e < 4; ++e) d[(r + (e >> 1) * 8) * HD + n * 8 + 2 * (l % 4) + (e & 1)] = o[n][e];
+    for (int e = 0; e < 4; ++e) d[frag_at<BN>(n, e)] = s[n][e];
 }
 
-// Element (t, x) of head (b, h) of a [2, T, 3, HD] tensor.
+// o (128 × HD) = P (128 × BN, read into the accumulator layout) · V (BN rows of v).
+template <int HD, int BN, bool SW>
+__global__ void __launch_bounds__(W::kThreads)
+    pv_kernel(const __grid_constant__ Head v, const float* __restrict__ p, float* __restrict__ d) {
+  extern __shared__ __align__(1024) unsigned char pv_smem[];
+  unsigned char* vt = aligned(pv_smem);
+  const uint32_t bar = M::saddr(vt + BN * HD * sizeof(bf16));
+  begin<SW>(bar, 1);
+  fetch<HD, BN, SW>(vt, v, bar);
+  landed<SW>(bar);
+  float s[BN / 8][4], o[HD / 8][4] = {};
+  for (int n = 0; n < BN / 8; ++n)
+    for (int e = 0; e < 4; ++e) s[n][e] = p[frag_at<BN>(n, e)];
+  pv<HD, BN, SW>(o, s, M::saddr(vt));
+  for (int n = 0; n < HD / 8; ++n)
+    for (int e = 0; e < 4; ++e) d[frag_at<HD>(n, e)] = o[n][e];
+}
+
+// Head (1, h) of x ([2, T, 3, HD] on the device), with a tensor map of `rows`-row boxes for TMA.
+template <int HD, bool SW>
+Head head(const DeviceBuffer<bf16>& x, int T, int h, int rows) {
+  Head r{};
+  if constexpr (SW) r.map = W::tensor_map<HD>(x.data(), 2, T, 3, rows);
+  r.x = x.data();
+  r.T = T;
+  r.h = h;
+  return r;
+}
+// Element (t, c) of head (1, h) of a [2, T, 3, HD] tensor.
 template <int HD>
-float head_at(const std::vector<float>& x, int64_t T, int b, int h, int64_t t, int c) {
-  return x[size_t(((b * T + t) * 3 + h) * HD + c)];
+float head_at(const std::vector<float>& x, int T, int h, int t, int c) {
+  return x[size_t(((T + t) * 3 + h) * HD + c)];
 }
+// One block of W::kThreads with smem bytes of dynamic shared memory (the tiles, their 1024-byte
+// alignment and the barrier).
+template <class K, class... A>
+void run_block(K kernel, size_t smem, const A&... args) {
+  RESBM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<1, W::kThreads, smem, ctx().stream>>>(args...);
+  RESBM_CUDA_LAUNCH_CHECK();
+}
+constexpr const char* kTiles[2] = {"interleave, cp.async", "128B swizzle, TMA"};
 
-template <int HD, int BN>
-void check_qk_tma() {
-  // B holds fewer rows than the tile: rows Tb..BN-1 of the tile must be TMA's zeros, not the
-  // next sequence's rows (batch 1 is the last, so past T lies outside the tensor).
-  constexpr int64_t Ta = 128, Tb = BN - 13;
-  std::printf("qk_sw<HD=%d, BN=%d> (TMA, 128B swizzle): S (128 x %d) = Q (128 x %d) . K (%ld valid of %d x %d)^T\n", HD,
-              BN, BN, HD, long(Tb), BN, HD);
+template <int HD, int BN, bool SW>
+void check_qk() {
+  // B holds fewer rows than its tile: rows Tb..BN-1 of the tile must be zeros, not the next
+  // sequence's rows (batch 1 is the last, so past T lies outside the tensor).
+  constexpr int Ta = 128, Tb = BN - 13;
+  std::printf("qk<HD=%d, BN=%d> (%s): S (128 x %d) = Q (128 x %d) . K (%d valid of %d x %d)^T\n", HD, BN, kTiles[SW],
+              BN, HD, Tb, BN, HD);
   const auto a = randn(size_t(2 * Ta * 3 * HD)), b = randn(size_t(2 * Tb * 3 * HD));
   std::vector<float> ref(size_t(128 * BN));
   for (int i = 0; i < 128; ++i)
-    for (int j = 0; j < BN; ++j) {
+    for (int j = 0; j < Tb; ++j) {
       double acc = 0;
-      if (j < Tb)
-        for (int x = 0; x < HD; ++x)
-          acc += double(head_at<HD>(a, Ta, 1, 2, i, x)) * double(head_at<HD>(b, Tb, 1, 1, j, x));
+      for (int x = 0; x < HD; ++x) acc += double(head_at<HD>(a, Ta, 2, i, x)) * double(head_at<HD>(b, Tb, 1, j, x));
       ref[size_t(i * BN + j)] = float(acc);
     }
   auto da = upload_bf16(a), db = upload_bf16(b);
   auto dd = poisoned<float>(ref.size());
-  const CUtensorMap ta = W::tensor_map<HD>(da.data(), 2, Ta, 3, 128), tb = W::tensor_map<HD>(db.data(), 2, Tb, 3, BN);
-  constexpr size_t smem = 1024 + W::tma_tile_bytes<HD, 128>() + W::tma_tile_bytes<HD, BN>() + 8;
-  RESBM_CUDA_CHECK(
-      cudaFuncSetAttribute(qk_tma_kernel<HD, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  qk_tma_kernel<HD, BN><<<1, W::kThreads, smem, ctx().stream>>>(ta, tb, dd.data());
-  RESBM_CUDA_LAUNCH_CHECK();
+  run_block(qk_kernel<HD, BN, SW>, 1024 + size_t(128 + BN) * HD * sizeof(bf16) + 8, head<HD, SW>(da, Ta, 2, 128),
+            head<HD, SW>(db, Tb, 1, BN), dd.data());
   check_matrix("S", download(dd), ref, BN, kF32);
 }
 
-template <int HD, int BN>
-void check_pv_tma() {
-  constexpr int64_t Tv = BN - 5;  // V rows Tv.. of the tile must be zeros (P is not zero there)
-  std::printf("pv_sw<HD=%d, BN=%d> (TMA, 128B swizzle): O (128 x %d) = P (128 x %d) . V (%ld valid of %d x %d)\n", HD,
-              BN, HD, BN, long(Tv), BN, HD);
+template <int HD, int BN, bool SW>
+void check_pv() {
+  constexpr int Tv = BN - 5;  // V rows Tv.. of the tile must be zeros (P is not zero there)
+  std::printf("pv<HD=%d, BN=%d> (%s): O (128 x %d) = P (128 x %d) . V (%d valid of %d x %d)\n", HD, BN, kTiles[SW],
+              HD, BN, Tv, BN, HD);
+  // P as the softmax leaves it: in [0, 1]; bf16-rounded, since pv rounds it to bf16 itself.
   auto p = randn(size_t(128 * BN));
   for (auto& x : p) x = round_bf16(std::fabs(x) / 4);
   const auto v = randn(size_t(2 * Tv * 3 * HD));
@@ -254,31 +260,40 @@ void check_pv_tma() {
   for (int i = 0; i < 128; ++i)
     for (int j = 0; j < HD; ++j) {
       double acc = 0;
-      for (int x = 0; x < Tv; ++x) acc += double(p[size_t(i * BN + x)]) * double(head_at<HD>(v, Tv, 1, 2, x, j));
+      for (int x = 0; x < Tv; ++x) acc += double(p[size_t(i * BN + x)]) * double(head_at<HD>(v, Tv, 2, x, j));
       ref[size_t(i * HD + j)] = float(acc);
     }
   auto dp = upload(p);
   auto dv = upload_bf16(v);
   auto dd = poisoned<float>(ref.size());
-  const CUtensorMap tv = W::tensor_map<HD>(dv.data(), 2, Tv, 3, BN);
-  constexpr size_t smem = 1024 + W::tma_tile_bytes<HD, BN>() + 8;
-  RESBM_CUDA_CHECK(
-      cudaFuncSetAttribute(pv_tma_kernel<HD, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  pv_tma_kernel<HD, BN><<<1, W::kThreads, smem, ctx().stream>>>(tv, dd.data(), dp.data());
-  RESBM_CUDA_LAUNCH_CHECK();
+  run_block(pv_kernel<HD, BN, SW>, 1024 + size_t(BN) * HD * sizeof(bf16) + 8, head<HD, SW>(dv, Tv, 2, BN), dp.data(),
+            dd.data());
   check_matrix("O", download(dd), ref, HD, kF32);
+}
+
+// Every shape the kernels use: fwd_tma's 64- and 128-key tiles at hd 64 and 128 (qk<HD, BN>,
+// pv<HD, BN>), the backward's Sᵀ = K·Qᵀ (qk<HD, BQ>) and dV += Pᵀ·dout (pv<HD, BQ>).
+template <bool SW>
+void check_products() {
+  check_qk<64, 64, SW>();
+  check_qk<64, 128, SW>();
+  check_qk<128, 64, SW>();  // swizzled: two panels, k-steps 4..7 in the second
+  check_qk<128, 128, SW>();
+  check_pv<64, 64, SW>();
+  check_pv<64, 128, SW>();
+  check_pv<128, 64, SW>();  // n128; swizzled: the second 64 hd columns one LBO (panel) further
+  check_pv<128, 128, SW>();
 }
 
 // ------------------------------------------------------------------------------------------
 // 2. The whole forward.
-
 
 struct AttnShape {
   int64_t B, T, H, hd;
 };
 
 // Where out (got, [B, T, H, hd]) first leaves want by more than bf16-scale rounding, decoded
-// into (b, t, h, d) and the kernel's block / warpgroup / warp of query t.
+// into (b, t, h, d) and fwd_tma's query block / consumer warpgroup / warp of query t.
 void explain_out(const AttnShape& s, const std::vector<float>& got, const std::vector<float>& want) {
   const Mismatch m = find_mismatch(got, want, 3e-2, 3e-2);
   if (m.first < 0) {
@@ -286,8 +301,8 @@ void explain_out(const AttnShape& s, const std::vector<float>& got, const std::v
     return;
   }
   const int64_t i = m.first, d = i % s.hd, h = i / s.hd % s.H, t = i / (s.hd * s.H) % s.T, b = i / (s.hd * s.H * s.T);
-  std::printf("    %ld of %ld elements off; first at b %ld, t %ld, h %ld, d %ld (query block %ld, warpgroup %ld, "
-              "warp %ld, row %ld of the warp): got %g, want %g\n",
+  std::printf("    %ld of %ld elements off; first at b %ld, t %ld, h %ld, d %ld (query block %ld, consumer "
+              "warpgroup %ld, warp %ld, row %ld of the warp): got %g, want %g\n",
               long(m.count), long(want.size()), long(b), long(t), long(h), long(d), long(t / W::kBM),
               long(t % W::kBM / 64), long(t % 64 / 16), long(t % 16), double(got[size_t(i)]),
               double(want[size_t(i)]));
@@ -381,26 +396,13 @@ void for_each_variant(F&& f) {
 
 }  // namespace
 
-TEST_CASE("wgmma attention building blocks: qk (K-major A and B) and pv (A from registers, MN-major B)") {
-  check_qk<64, 128>();   // hd 64 forward
-  check_qk<128, 128>();  // hd 128 forward, BN 128
-  check_qk<128, 64>();   // hd 128 forward, BN 64
-  check_qk<64, 64>();
-  check_pv<64, 128>();
-  check_pv<128, 128>();
-  check_pv<128, 64>();
-  check_pv<64, 64>();
+TEST_CASE("wgmma attention building blocks on interleave tiles loaded by cp.async (the backward's): qk (K-major "
+          "A and B) and pv (A from registers, MN-major B)") {
+  check_products<false>();
 }
 
-TEST_CASE("wgmma attention building blocks on 128-byte swizzled tiles loaded by TMA") {
-  check_qk_tma<64, 64>();
-  check_qk_tma<64, 128>();
-  check_qk_tma<128, 64>();   // two panels: k-steps 4..7 in the second
-  check_qk_tma<128, 128>();
-  check_pv_tma<64, 64>();
-  check_pv_tma<64, 128>();
-  check_pv_tma<128, 64>();   // n128: the second 64 hd columns one LBO (panel) further
-  check_pv_tma<128, 128>();
+TEST_CASE("wgmma attention building blocks on 128-byte swizzled tiles loaded by TMA (fwd_tma's)") {
+  check_products<true>();
 }
 
 namespace {
@@ -413,27 +415,7 @@ Forward gpu_forward(const AttnShape& s, L launch) {
 }
 }  // namespace
 
-TEST_CASE("wgmma flash attention forward matches the CPU op and the mma.sync forward") {
-  for (AttnShape s : {AttnShape{2, 64, 2, 64}, AttnShape{1, 200, 3, 64}, AttnShape{1, 1, 1, 64},
-                      AttnShape{1, 130, 2, 128}, AttnShape{2, 333, 2, 128}, AttnShape{1, 1024, 2, 64},
-                      AttnShape{1, 1000, 2, 128}, AttnShape{1, 17, 3, 64}}) {
-    with_reference(s, [&](const auto& q, const auto& k, const auto& v, const auto& ref, const auto& rlse) {
-      auto run = [&]<int HD>() {
-        const Forward mma = gpu_forward(s, M::launch_fwd<HD>);
-        for_each_variant<HD>([&]<int BN>() {
-          const std::string title = "attention wgmma forward (BN=" + std::to_string(BN) + ")";
-          check_forward(title.c_str(), s, q, k, v, ref, rlse, gpu_forward(s, W::launch_fwd_bn<HD, BN>), "mma.sync",
-                        mma);
-        });
-      };
-      if (s.hd == 64) run.template operator()<64>();
-      else run.template operator()<128>();
-    });
-    // The default (launch_fwd) is one of the variants above.
-  }
-}
-
-TEST_CASE("wgmma TMA flash attention forward (fwd_tma) matches the CPU op and fwd_pipe") {
+TEST_CASE("wgmma TMA flash attention forward (fwd_tma) matches the CPU op and the mma.sync forward") {
   // Odd T (the last query block and key tile partial), B > 1 (a box must not run into the next
   // sequence), T = 1080 (in its last query block the second warpgroup has no row: it releases
   // every tile unread, and the ring wraps), T = 1.
@@ -443,11 +425,11 @@ TEST_CASE("wgmma TMA flash attention forward (fwd_tma) matches the CPU op and fw
                       AttnShape{2, 1000, 2, 128}, AttnShape{2, 1080, 1, 128}}) {
     with_reference(s, [&](const auto& q, const auto& k, const auto& v, const auto& ref, const auto& rlse) {
       auto run = [&]<int HD>() {
-        const Forward pipe = gpu_forward(s, W::launch_fwd<HD>);
+        const Forward mma = gpu_forward(s, M::launch_fwd<HD>);
         for_each_variant<HD>([&]<int BN>() {
           const std::string title = "attention wgmma TMA forward (BN=" + std::to_string(BN) + ")";
-          check_forward(title.c_str(), s, q, k, v, ref, rlse, gpu_forward(s, W::launch_fwd_tma_bn<HD, BN>), "fwd_pipe",
-                        pipe);
+          check_forward(title.c_str(), s, q, k, v, ref, rlse, gpu_forward(s, W::launch_fwd_tma_bn<HD, BN>), "mma.sync",
+                        mma);
         });
       };
       if (s.hd == 64) run.template operator()<64>();
@@ -473,19 +455,9 @@ void time_shape(int64_t B, int64_t T, int64_t H) {
   const double flop = 2.0 * double(B * H) * double(T) * double(T) * double(HD);
   const float tm =
       time_ms([&] { M::launch_fwd<HD>(ctx(), o2.data(), l2.data(), q.data(), k.data(), v.data(), B, T, H); }, 20);
-  std::printf("timing B=%ld T=%ld H=%ld hd=%d: mma.sync            %.4f ms (%.0f TFLOP/s)\n", long(B), long(T),
+  std::printf("timing B=%ld T=%ld H=%ld hd=%d: mma.sync         %.4f ms (%.0f TFLOP/s)\n", long(B), long(T),
               long(H), HD, double(tm), flop / (double(tm) * 1e9));
   const auto b = download(o2), lb = download(l2);
-  for_each_variant<HD>([&]<int BN>() {
-    const float tw = time_ms(
-        [&] { W::launch_fwd_bn<HD, BN>(ctx(), o1.data(), l1.data(), q.data(), k.data(), v.data(), B, T, H); }, 20);
-    std::printf("timing B=%ld T=%ld H=%ld hd=%d: wgmma BN=%-3d %.4f ms (%.0f TFLOP/s, x%.2f vs mma.sync)%s\n",
-                long(B), long(T), long(H), HD, BN, double(tw), flop / (double(tw) * 1e9), double(tm / tw),
-                BN == 64 ? "  [launch_fwd]" : "");
-    const auto a = download(o1), la = download(l1);
-    CHECK_REL(a, b, kBf16);
-    CHECK_REL(la, lb, kF32);
-  });
   for_each_variant<HD>([&]<int BN>() {
     const float tw = time_ms(
         [&] { W::launch_fwd_tma_bn<HD, BN>(ctx(), o1.data(), l1.data(), q.data(), k.data(), v.data(), B, T, H); }, 20);

@@ -7,7 +7,11 @@
 //     lse from ops::attention_forward) against the CPU op and against the mma.sync single
 //     pass, dq/dk/dv poisoned first; then with the model's layout (row stride 3·H·hd) and a
 //     RoPE table against the mma.sync single pass with the same arguments;
-//  3. a timing of both backwards at the training shapes (printed, not checked).
+//  3. bwd_tma (the FA3-structured backward: TMA producer, dQ through a shared staging tile and
+//     bulk reductions): its dQᵀ = Kᵀ · dSᵀ product (K read MN-major from a 128-byte-swizzled
+//     TMA tile as the A operand) against a host GEMM, then the whole backward against the CPU
+//     op and against bwd (odd T, B up to 3, hd 64 and 128; row stride 3C and RoPE);
+//  4. a timing of the backwards at the training shapes (printed, not checked).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -230,6 +234,148 @@ Inputs make_inputs(const AttnShape& s) {
   return in;
 }
 
+// ------------------------------------------------------------------------------------------
+// 3. bwd_tma.
+
+// dQ (64 × HD) = dS (64 × 128 keys, from the dSᵀ tile) · K (128 × HD), through WB::dqt_issue as
+// bwd_tma splits it over its 2 consumer warpgroups: K loaded by TMA into a 128-byte-swizzled
+// tile (the kernel's), dSᵀ by cp.async into the interleave tile (the kernel's).
+template <int HD>
+__global__ void __launch_bounds__(WB::kThreads) dqt_kernel(const __grid_constant__ CUtensorMap tk,
+                                                           const bf16* __restrict__ dst, float* __restrict__ d) {
+  constexpr int NQ = HD == 64 ? 32 : 64;
+  extern __shared__ __align__(1024) unsigned char dqt_smem[];
+  unsigned char* Ks = dqt_smem + (1024u - M::saddr(dqt_smem) % 1024u) % 1024u;  // K [128 keys][HD], swizzled
+  unsigned char* Ss = Ks + WB::kBK * HD * sizeof(bf16);                        // dSᵀ [128 keys][64 queries]
+  const uint32_t bar = M::saddr(Ss + WB::kBK * WB::kTmaBQ * sizeof(bf16));
+  if (threadIdx.x == 0) {
+    W::mbar_init(bar, 1);
+    W::mbar_fence_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    W::mbar_expect_tx(bar, WB::kBK * HD * sizeof(bf16));
+    W::tma_tile<HD, WB::kBK>(M::saddr(Ks), &tk, bar, 0, 0, 0);
+  }
+  W::load_tile<WB::kBK, WB::kTmaBQ, WB::kThreads>(Ss, dst, 0, WB::kBK, WB::kTmaBQ);
+  M::cp_commit();
+  M::cp_wait<0>();
+  W::fence_proxy_async();
+  __syncthreads();
+  W::mbar_wait(bar, 0);
+  const int cw = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4, l = int(threadIdx.x) % 32;
+  const int qo = HD == 64 ? 32 * cw : 0, hp = HD == 64 ? 0 : cw;
+  float acc[NQ / 8][4];
+  W::wg_fence();
+  WB::dqt_issue<NQ>(acc, M::saddr(Ks) + hp * WB::kBK * W::kRowBytes,
+                    M::saddr(Ss) + W::tile_offset<WB::kTmaBQ>(0, qo / 8));
+  W::wg_commit();
+  W::wg_wait<0>();
+  W::fence_regs(acc);
+  for (int n = 0; n < NQ / 8; ++n)
+    for (int e = 0; e < 4; ++e) {
+      const int c = 64 * hp + 16 * warp + l / 4 + 8 * (e >> 1), q = qo + 8 * n + 2 * (l % 4) + (e & 1);
+      d[q * HD + c] = acc[n][e];
+    }
+}
+
+template <int HD>
+void check_dqt_product() {
+  constexpr int BQ = WB::kTmaBQ, NK = WB::kBK;
+  std::printf("dqt_issue<HD=%d>: dQ^T (%d x %d) = K^T (swizzled, MN-major A) . dS^T (%d keys x %d)\n", HD, HD, BQ,
+              NK, BQ);
+  const auto st = randn(size_t(NK * BQ)), kk = randn(size_t(NK * HD));
+  std::vector<float> ref(size_t(BQ * HD));
+  for (int i = 0; i < BQ; ++i)
+    for (int c = 0; c < HD; ++c) {
+      double acc = 0;
+      for (int x = 0; x < NK; ++x) acc += double(st[size_t(x * BQ + i)]) * double(kk[size_t(x * HD + c)]);
+      ref[size_t(i * HD + c)] = float(acc);
+    }
+  auto dst = upload_bf16(st), dk = upload_bf16(kk);
+  auto dd = poisoned<float>(ref.size());
+  const CUtensorMap tk = W::tensor_map<HD>(dk.data(), 1, NK, 1, NK);
+  const size_t smem = 1024 + size_t(NK) * (BQ + HD) * sizeof(bf16) + 8;
+  RESBM_CUDA_CHECK(cudaFuncSetAttribute(dqt_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  dqt_kernel<HD><<<1, WB::kThreads, smem, ctx().stream>>>(tk, dst.data(), dd.data());
+  RESBM_CUDA_LAUNCH_CHECK();
+  const auto got = download(dd);
+  const double e = rel_err(got, ref, kNoise);
+  std::printf("  %-40s rel err %.3e (bound %.0e)\n", "dQ", e, kF32);
+  CHECK(e < kF32);
+  if (e >= kF32) {
+    const Mismatch m = find_mismatch(got, ref, 1e-3, 1e-3);
+    if (m.first >= 0)
+      std::printf("    %ld of %ld elements off; first at (query %ld, hd %ld): got %g, want %g\n", long(m.count),
+                  long(ref.size()), long(m.first / HD), long(m.first % HD), double(got[size_t(m.first)]),
+                  double(ref[size_t(m.first)]));
+  }
+}
+
+// bwd_tma against the CPU op and against bwd (its default query tile), dq/dk/dv poisoned first.
+template <int HD>
+void check_backward_tma(const AttnShape& s, DeviceBuffer<bf16>& d_q, DeviceBuffer<bf16>& d_k, DeviceBuffer<bf16>& d_v,
+                        DeviceBuffer<bf16>& d_dout, DeviceBuffer<bf16>& d_out, DeviceBuffer<float>& d_cache,
+                        const std::vector<float>& rdq, const std::vector<float>& rdk, const std::vector<float>& rdv) {
+  const size_t n = size_t(s.B * s.T * s.H * s.hd);
+  std::printf("attention wgmma backward bwd_tma B=%ld T=%ld H=%ld hd=%ld\n", long(s.B), long(s.T), long(s.H),
+              long(s.hd));
+  const float* lse = d_cache.data();
+  float* D = d_cache.data() + s.B * s.H * s.T;
+  const int64_t C = s.H * s.hd;
+  auto dq = poisoned<bf16>(n), dk = poisoned<bf16>(n), dv = poisoned<bf16>(n);
+  auto wdq = poisoned<bf16>(n), wdk = poisoned<bf16>(n), wdv = poisoned<bf16>(n);
+  auto acc = poisoned<float>(n), wacc = poisoned<float>(n);
+  prepare<HD>(D, acc.data(), d_dout.data(), d_out.data(), s.B, s.T, s.H);
+  WB::launch_bwd_tma<HD>(ctx(), dq.data(), acc.data(), dk.data(), dv.data(), d_dout.data(), lse, D, d_q.data(),
+                         d_k.data(), d_v.data(), s.B, s.T, s.H, nullptr, nullptr, C);
+  prepare<HD>(D, wacc.data(), d_dout.data(), d_out.data(), s.B, s.T, s.H);
+  WB::launch_bwd<HD>(ctx(), wdq.data(), wacc.data(), wdk.data(), wdv.data(), d_dout.data(), lse, D, d_q.data(),
+                     d_k.data(), d_v.data(), s.B, s.T, s.H, nullptr, nullptr, C);
+  const auto gq = download(dq), gk = download(dk), gv = download(dv);
+  const auto wq = download(wdq), wk = download(wdk), wv = download(wdv);
+  constexpr int bq = WB::kTmaBQ;
+  check("dq vs CPU op", s, bq, gq, rdq, 2 * kBf16);
+  check("dk vs CPU op", s, bq, gk, rdk, 2 * kBf16);
+  check("dv vs CPU op", s, bq, gv, rdv, kBf16);
+  check("dq vs bwd", s, bq, gq, wq, kBf16);
+  check("dk vs bwd", s, bq, gk, wk, kBf16);
+  check("dv vs bwd", s, bq, gv, wv, kBf16);
+}
+
+// The model's layout (dq, dk, dv the column blocks of one [B·T, 3C] matrix, dq and dk rotated
+// back by the RoPE table): bwd_tma against bwd with the same arguments.
+template <int HD>
+void check_backward_tma_rope(const AttnShape& s, DeviceBuffer<bf16>& d_q, DeviceBuffer<bf16>& d_k,
+                             DeviceBuffer<bf16>& d_v, DeviceBuffer<bf16>& d_dout, DeviceBuffer<bf16>& d_out,
+                             DeviceBuffer<float>& d_cache) {
+  const size_t n = size_t(s.B * s.T * s.H * s.hd);
+  const int64_t C = s.H * s.hd;
+  std::printf("attention wgmma backward bwd_tma (row stride 3C, RoPE) B=%ld T=%ld H=%ld hd=%ld\n", long(s.B),
+              long(s.T), long(s.H), long(s.hd));
+  ops::RopeTable<float> rope(s.T + 3, s.hd);
+  ops::CudaRopeTable drope(rope);
+  const float* lse = d_cache.data();
+  float* D = d_cache.data() + s.B * s.H * s.T;
+  auto g3 = poisoned<bf16>(3 * n), w3 = poisoned<bf16>(3 * n);
+  auto acc = poisoned<float>(n), wacc = poisoned<float>(n);
+  prepare<HD>(D, acc.data(), d_dout.data(), d_out.data(), s.B, s.T, s.H);
+  WB::launch_bwd_tma<HD>(ctx(), g3.data(), acc.data(), g3.data() + C, g3.data() + 2 * C, d_dout.data(), lse, D,
+                         d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, drope.cos(), drope.sin(), 3 * C);
+  prepare<HD>(D, wacc.data(), d_dout.data(), d_out.data(), s.B, s.T, s.H);
+  WB::launch_bwd<HD>(ctx(), w3.data(), wacc.data(), w3.data() + C, w3.data() + 2 * C, d_dout.data(), lse, D,
+                     d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, drope.cos(), drope.sin(), 3 * C);
+  const auto all = download(g3), wall = download(w3);
+  const size_t rows = n / size_t(C);
+  constexpr int bq = WB::kTmaBQ;
+  check("dq (RoPE, 3C) vs bwd", s, bq, column_block(all, rows, size_t(C), 0), column_block(wall, rows, size_t(C), 0),
+        kBf16);
+  check("dk (RoPE, 3C) vs bwd", s, bq, column_block(all, rows, size_t(C), 1), column_block(wall, rows, size_t(C), 1),
+        kBf16);
+  check("dv (3C) vs bwd", s, bq, column_block(all, rows, size_t(C), 2), column_block(wall, rows, size_t(C), 2),
+        kBf16);
+}
+
 }  // namespace
 
 TEST_CASE("wgmma attention backward building block: dQ = dS . K with dS^T as an MN-major A") {
@@ -261,6 +407,35 @@ TEST_CASE("wgmma flash attention backward with row stride 3C and RoPE matches th
     } else {
       check_backward_rope<128, 64>(s, in.q, in.k, in.v, in.dout, in.out, in.cache);
     }
+  }
+}
+
+TEST_CASE("bwd_tma building block: dQ^T = K^T (swizzled TMA tile, MN-major A) . dS^T") {
+  check_dqt_product<64>();
+  check_dqt_product<128>();
+}
+
+TEST_CASE("bwd_tma (TMA producer, bulk-reduced dQ) matches the CPU op and bwd") {
+  for (AttnShape s : {AttnShape{1, 1, 1, 64}, AttnShape{3, 77, 2, 64}, AttnShape{2, 64, 2, 64},
+                      AttnShape{1, 200, 3, 64}, AttnShape{1, 1000, 2, 64}, AttnShape{2, 1080, 1, 64},
+                      AttnShape{1, 1, 2, 128}, AttnShape{3, 77, 2, 128}, AttnShape{1, 130, 2, 128},
+                      AttnShape{1, 1000, 2, 128}, AttnShape{2, 1080, 1, 128}}) {
+    Inputs in = make_inputs(s);
+    if (s.hd == 64)
+      check_backward_tma<64>(s, in.q, in.k, in.v, in.dout, in.out, in.cache, in.rdq, in.rdk, in.rdv);
+    else
+      check_backward_tma<128>(s, in.q, in.k, in.v, in.dout, in.out, in.cache, in.rdq, in.rdk, in.rdv);
+  }
+}
+
+TEST_CASE("bwd_tma with row stride 3C and RoPE matches bwd") {
+  for (AttnShape s : {AttnShape{3, 77, 2, 64}, AttnShape{1, 1080, 2, 64}, AttnShape{2, 333, 2, 128},
+                      AttnShape{1, 1000, 2, 128}}) {
+    Inputs in = make_inputs(s);
+    if (s.hd == 64)
+      check_backward_tma_rope<64>(s, in.q, in.k, in.v, in.dout, in.out, in.cache);
+    else
+      check_backward_tma_rope<128>(s, in.q, in.k, in.v, in.dout, in.out, in.cache);
   }
 }
 
@@ -305,8 +480,50 @@ void time_shape(int64_t B, int64_t T, int64_t H) {
 }
 }  // namespace
 
+namespace {
+// bwd (launch_bwd, its default query tile) against bwd_tma (launch_bwd_tma), each with its dq
+// conversion, on the same prepared inputs (as time_shape).
+template <int HD>
+void time_tma(int64_t B, int64_t T, int64_t H) {
+  const int64_t n = B * T * H * HD, nl = B * H * T;
+  const size_t un = static_cast<size_t>(n), unl = static_cast<size_t>(nl);
+  DeviceBuffer<bf16> q(un), k(un), v(un), dout(un), out(un), dq(un), dk(un), dv(un);
+  DeviceBuffer<float> cache(2 * unl), acc(un);
+  fill_hash<<<1024, 256, 0, ctx().stream>>>(q.data(), n, 1u);
+  fill_hash<<<1024, 256, 0, ctx().stream>>>(k.data(), n, 2u);
+  fill_hash<<<1024, 256, 0, ctx().stream>>>(v.data(), n, 3u);
+  fill_hash<<<1024, 256, 0, ctx().stream>>>(dout.data(), n, 4u);
+  RESBM_CUDA_LAUNCH_CHECK();
+  auto V4 = [&](DeviceBuffer<bf16>& x) { return x.view({B, T, H, int64_t(HD)}); };
+  ops::attention_forward(ctx(), V4(out), cache.view({2 * nl}), V4(q), V4(k), V4(v));
+  const float* lse = cache.data();
+  float* D = cache.data() + nl;
+  prepare<HD>(D, acc.data(), dout.data(), out.data(), B, T, H);
+  const int64_t C = H * HD;
+  const float tw = time_ms(
+      [&] {
+        WB::launch_bwd<HD>(ctx(), dq.data(), acc.data(), dk.data(), dv.data(), dout.data(), lse, D, q.data(),
+                           k.data(), v.data(), B, T, H, nullptr, nullptr, C);
+      },
+      20);
+  const float tt = time_ms(
+      [&] {
+        WB::launch_bwd_tma<HD>(ctx(), dq.data(), acc.data(), dk.data(), dv.data(), dout.data(), lse, D, q.data(),
+                               k.data(), v.data(), B, T, H, nullptr, nullptr, C);
+      },
+      20);
+  const double flop = 5.0 * double(B * H) * double(T) * double(T) * double(HD);
+  std::printf("timing B=%ld T=%ld H=%ld hd=%d: bwd (BQ=%d) %.4f ms (%.0f TFLOP/s), bwd_tma %.4f ms (%.0f TFLOP/s)\n",
+              long(B), long(T), long(H), HD, WB::default_bq<HD>(), double(tw), flop / (double(tw) * 1e9), double(tt),
+              flop / (double(tt) * 1e9));
+}
+}  // namespace
+
 TEST_CASE("wgmma flash attention backward: timing at the training shapes (printed)") {
   time_shape<64, 128>(16, 1024, 12);
   time_shape<64, 64>(16, 1024, 12);
   time_shape<128, 64>(16, 1024, 16);
+  time_tma<64>(16, 1024, 12);
+  time_tma<128>(16, 1024, 16);
+  time_tma<128>(16, 1024, 12);
 }

@@ -39,8 +39,8 @@ inline bool cuda_attention_tensor_cores = true;
 // single pass, whose dq is summed over key tiles by fp32 atomics in a varying order.
 inline bool cuda_attention_deterministic = false;
 // Hopper's warpgroup MMA where the kernels were built for sm_90a, at hd 64 and 128: the
-// single-pass backward (attention_wgmma_bwd.cuh; 1.26x / 1.42x the mma.sync one on the H200)
-// and the TMA forward (attention_wgmma.cuh's fwd_tma; 1.28x / 1.53x). false keeps mma.sync (to
+// single-pass TMA backward (attention_wgmma_bwd.cuh's bwd_tma; 1.34x / 1.71x the mma.sync one
+// on the H200) and the TMA forward (attention_wgmma.cuh's fwd_tma; 1.28x / 1.53x). false keeps mma.sync (to
 // compare, and for the tests that check both).
 inline bool cuda_attention_wgmma = true;
 
@@ -366,8 +366,8 @@ void launch_bwd(CudaContext& ctx, bf16* dq, bf16* dk, bf16* dv, const bf16* dout
   const float* rsin = rope ? rope->sin() : nullptr;
   if constexpr (HD == 64 || HD == 128) {
     if (single_pass && cuda_attention_wgmma && wgmma_built(ctx)) {
-      cuda_detail_attn_wgmma_bwd::launch_bwd<HD>(ctx, dq, dq_acc, dk, dv, dout, lse, D, q, k, v, B, T, H, rcos, rsin,
-                                                 G);
+      cuda_detail_attn_wgmma_bwd::launch_bwd_tma<HD>(ctx, dq, dq_acc, dk, dv, dout, lse, D, q, k, v, B, T, H, rcos,
+                                                     rsin, G);
       return;
     }
   }

@@ -666,41 +666,82 @@ constexpr size_t dkdv_smem() {
          (DQ ? size_t(kBM) * ds_pitch<HD>() * sizeof(bf16) : 0);
 }
 
-// dq = bf16(scale · acc), 8 elements per step; acc is [B·T, C] contiguous, dq rows are G
-// apart (C8 = C / 8 steps a row).
-__global__ void dq_convert(bf16* __restrict__ dq, const float* __restrict__ acc, int64_t n8, float scale, int C8,
+// Where the fp32 dq accumulator keeps row (b, t, h) and its HD columns:
+//  - kTokenMajor [B, T, H, HD] (the mma.sync single pass and the wgmma backward bwd add per
+//    thread at any row);
+//  - kHeadMajor [B, H, T, HD] (a whole query tile of one head is contiguous there, so one bulk
+//    reduction adds it);
+//  - kHeadMajorSw: head-major with the 8-float chunks of each row swizzled: logical chunk c of
+//    position t sits at chunk c ^ ((t >> 1) & 3). bwd_tma's dQ staging tile has this layout, so
+//    that its warps' stores into it are free of bank conflicts (see attention_wgmma_bwd.cuh);
+//    only whole rows are permuted, so the valid rows of a last, partial query tile stay one
+//    contiguous prefix.
+enum class DqLayout { kTokenMajor, kHeadMajor, kHeadMajorSw };
+
+// The accumulator row r (in L's order) as (token b·T + t, head h, position t).
+template <DqLayout L>
+__device__ __forceinline__ void dq_row(int64_t r, int T, int H, int64_t& token, int& h, int& t) {
+  if constexpr (L == DqLayout::kTokenMajor) {
+    token = r / H;
+    h = int(r - token * H);
+    t = int(token % T);
+  } else {
+    const int64_t bh = r / T;
+    t = int(r - bh * T);
+    h = int(bh % H);
+    token = bh / H * T + t;
+  }
+}
+// The stored chunk of logical 8-column chunk c of a row at position t, and back (an involution).
+template <DqLayout L>
+__device__ __forceinline__ int dq_chunk(int c, int t) {
+  if constexpr (L == DqLayout::kHeadMajorSw) return c ^ ((t >> 1) & 3);
+  return c;
+}
+
+// dq = bf16(scale · acc), 8 elements (one stored chunk) per step; dq rows (b, t) are G apart.
+template <int HD, DqLayout L>
+__global__ void dq_convert(bf16* __restrict__ dq, const float* __restrict__ acc, int64_t n8, float scale, int T, int H,
                            int64_t G) {
+  constexpr int kSteps = HD / 8;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
     const float4 a = reinterpret_cast<const float4*>(acc)[2 * i], b = reinterpret_cast<const float4*>(acc)[2 * i + 1];
     const float f[8] = {a.x * scale, a.y * scale, a.z * scale, a.w * scale,
                         b.x * scale, b.y * scale, b.z * scale, b.w * scale};
-    const int64_t row = i / C8;
-    resbm::cuda_detail::st8(dq + row * G + (i - row * C8) * 8, resbm::cuda_detail::pack8(f));
+    const int64_t r = i / kSteps;
+    int64_t token;
+    int h, t;
+    dq_row<L>(r, T, H, token, h, t);
+    const int c = dq_chunk<L>(int(i - r * kSteps), t);
+    resbm::cuda_detail::st8(dq + token * G + h * HD + c * 8, resbm::cuda_detail::pack8(f));
   }
 }
 
 // The same with the RoPE table: 8 pairs (i, i + HD/2) of a row per step, rotated back
 // (rope_backward) before the one rounding to bf16.
-template <int HD>
+template <int HD, DqLayout L>
 __global__ void dq_convert_rope(bf16* __restrict__ dq, const float* __restrict__ acc, int64_t n8, float scale,
                                 const float* __restrict__ cs, const float* __restrict__ sn, int T, int H,
                                 int64_t G) {
   constexpr int kHalf = HD / 2, kSteps = HD / 16;  // steps of 8 pairs per row
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = i / kSteps;  // (b·T + t)·H + h
-    const int j0 = int(i % kSteps) * 8, t = int(row / H % T);
-    const float4* lo = reinterpret_cast<const float4*>(acc + row * HD + j0);
-    const float4* hi = reinterpret_cast<const float4*>(acc + row * HD + kHalf + j0);
+    const int64_t r = i / kSteps;
+    const int c0 = int(i - r * kSteps), j0 = c0 * 8;  // logical chunk (and column) of the low half
+    int64_t token;
+    int h, t;
+    dq_row<L>(r, T, H, token, h, t);
+    const float4* lo = reinterpret_cast<const float4*>(acc + r * HD + dq_chunk<L>(c0, t) * 8);
+    const float4* hi = reinterpret_cast<const float4*>(acc + r * HD + dq_chunk<L>(c0 + kSteps, t) * 8);
     const float4* c4 = reinterpret_cast<const float4*>(cs + int64_t(t) * kHalf + j0);
     const float4* s4 = reinterpret_cast<const float4*>(sn + int64_t(t) * kHalf + j0);
     float a[8], b[8], c[8], s[8];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float4 av = lo[h], bv = hi[h], cv = c4[h], sv = s4[h];
-      a[4 * h] = av.x, a[4 * h + 1] = av.y, a[4 * h + 2] = av.z, a[4 * h + 3] = av.w;
-      b[4 * h] = bv.x, b[4 * h + 1] = bv.y, b[4 * h + 2] = bv.z, b[4 * h + 3] = bv.w;
-      c[4 * h] = cv.x, c[4 * h + 1] = cv.y, c[4 * h + 2] = cv.z, c[4 * h + 3] = cv.w;
-      s[4 * h] = sv.x, s[4 * h + 1] = sv.y, s[4 * h + 2] = sv.z, s[4 * h + 3] = sv.w;
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const float4 av = lo[h2], bv = hi[h2], cv = c4[h2], sv = s4[h2];
+      a[4 * h2] = av.x, a[4 * h2 + 1] = av.y, a[4 * h2 + 2] = av.z, a[4 * h2 + 3] = av.w;
+      b[4 * h2] = bv.x, b[4 * h2 + 1] = bv.y, b[4 * h2 + 2] = bv.z, b[4 * h2 + 3] = bv.w;
+      c[4 * h2] = cv.x, c[4 * h2 + 1] = cv.y, c[4 * h2 + 2] = cv.z, c[4 * h2 + 3] = cv.w;
+      s[4 * h2] = sv.x, s[4 * h2 + 1] = sv.y, s[4 * h2 + 2] = sv.z, s[4 * h2 + 3] = sv.w;
     }
     float ol[8], oh[8];
 #pragma unroll
@@ -708,10 +749,27 @@ __global__ void dq_convert_rope(bf16* __restrict__ dq, const float* __restrict__
       ol[e] = scale * (a[e] * c[e] + b[e] * s[e]);
       oh[e] = scale * (b[e] * c[e] - a[e] * s[e]);
     }
-    bf16* out = dq + row / H * G + row % H * HD + j0;  // row = token · H + h
+    bf16* out = dq + token * G + h * HD + j0;
     resbm::cuda_detail::st8(out, resbm::cuda_detail::pack8(ol));
     resbm::cuda_detail::st8(out + kHalf, resbm::cuda_detail::pack8(oh));
   }
+}
+
+// dq from the accumulator (laid out as L), rotated back when a RoPE table is given.
+template <int HD, DqLayout L>
+void launch_dq_convert(CudaContext& ctx, bf16* dq, const float* acc, int64_t B, int64_t T, int64_t H,
+                       const float* rcos, const float* rsin, int64_t G) {
+  const float scale = 1.0f / sqrtf(float(HD));
+  if (rcos) {
+    const int64_t n8 = B * T * H * HD / 16;
+    dq_convert_rope<HD, L><<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, acc, n8, scale, rcos,
+                                                                                          rsin, int(T), int(H), G);
+  } else {
+    const int64_t n8 = B * T * H * HD / 8;
+    dq_convert<HD, L><<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, acc, n8, scale, int(T),
+                                                                                     int(H), G);
+  }
+  RESBM_CUDA_LAUNCH_CHECK();
 }
 
 template <class K>
@@ -751,21 +809,11 @@ void launch_bwd(CudaContext& ctx, bf16* dq, float* dq_acc, bf16* dk, bf16* dv, c
                 const float* rcos, const float* rsin, int64_t G) {
   configure<HD>();
   const dim3 grid(unsigned((T + kBM - 1) / kBM), unsigned(B * H));
-  const float scale = 1.0f / sqrtf(float(HD));
   if (dq_acc) {
     bwd_dkdv<HD, true><<<grid, kThreads, dkdv_smem<HD, true>(), ctx.stream>>>(dq_acc, dk, dv, dout, lse, D, q, k, v,
                                                                               int(T), int(H), rcos, rsin, G);
     RESBM_CUDA_LAUNCH_CHECK();
-    if (rcos) {
-      const int64_t n8 = B * T * H * HD / 16;
-      dq_convert_rope<HD><<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8, scale, rcos,
-                                                                                         rsin, int(T), int(H), G);
-    } else {
-      const int64_t n8 = B * T * H * HD / 8;
-      dq_convert<<<resbm::cuda_detail::grid_for(n8, 256), 256, 0, ctx.stream>>>(dq, dq_acc, n8, scale,
-                                                                                int(H * HD / 8), G);
-    }
-    RESBM_CUDA_LAUNCH_CHECK();
+    launch_dq_convert<HD, DqLayout::kTokenMajor>(ctx, dq, dq_acc, B, T, H, rcos, rsin, G);
     return;
   }
   bwd_dq<HD><<<grid, kThreads, dq_smem<HD>(), ctx.stream>>>(dq, dout, lse, D, q, k, v, int(T), int(H), rcos, rsin,

@@ -1,60 +1,33 @@
 #pragma once
-// Hopper (sm_90a) forward of the causal flash attention on warpgroup MMA (wgmma), two kernels
-// with the same inputs, outputs and conventions as the mma.sync forward of attention_mma.cuh
-// (q, k, v, out bf16 [B, T, H, hd], row stride H·hd; lse fp32 [B, H, T], the natural-log
-// log-sum-exp of the scaled scores; rows past T are not written):
-//  - fwd_pipe (launch_fwd): FA3-lite, no TMA, no warp specialisation, described first;
-//  - fwd_tma (launch_fwd_tma): FA3's structure, a producer warp loading 128-byte-swizzled
-//    tiles by TMA through an mbarrier ring, described after.
+// Hopper (sm_90a) forward of the causal flash attention on warpgroup MMA (wgmma), fwd_tma
+// (launch_fwd_tma), with the same inputs, outputs and conventions as the mma.sync forward of
+// attention_mma.cuh (q, k, v, out bf16 [B, T, H, hd], row stride H·hd; lse fp32 [B, H, T], the
+// natural-log log-sum-exp of the scaled scores; rows past T are not written); and the wgmma
+// primitives that the backward of attention_wgmma_bwd.cuh shares with it (the interleave
+// layout, its descriptors and tile loader, the wgmma instructions, fences and the epilogue).
 //
-// fwd_pipe. A block of 2 warpgroups (256 threads) owns 128 query rows: warpgroup w rows 64w..64w+63.
-// Q is loaded once; K/V tiles of BN keys rotate through 3 shared-memory slots (cp.async).
-// Per key tile and warpgroup (the two products and the softmax pipelined: see fwd_pipe):
-//   S (64 × BN, fp32 registers) = Q · Kᵀ   wgmma m64nBNk16, A = Q and B = K from shared
-//                                           memory, both K-major (hd contiguous), HD/16 k-steps
-//   online softmax on S in registers (the causal mask only on tiles that reach past the
-//   warp's first row; tiles after the warpgroup's last row are skipped)
-//   O (64 × HD, fp32 registers) += P · V   wgmma m64nHDk16, A = P from registers (bf16 pairs
-//                                           packed from S), B = V from shared memory, stored
-//                                           [keys][hd]: MN-major, so imm-trans-b = 1
-//
-// Fragment layouts (CUTLASS cute/atom/mma_traits_sm90_gmma.hpp: CLayout_64xN =
-// ((4,8,4),(2,2,N/8)):((128,1,16),(64,8,512)), ALayout_64x16 = CLayout_64x16), with
-// g = lane/4, t = lane%4 and warp i of the warpgroup:
-//   accumulator d[n][0..1] = (row 16i+g,   cols 8n+2t, 8n+2t+1),
-//               d[n][2..3] = (row 16i+g+8, same cols)          (the mma.sync C layout per warp)
-//   register A (k-step of 16): a0 = (16i+g, 2t..2t+1), a1 = (16i+g+8, 2t..), a2 = (16i+g, 2t+8..),
-//               a3 = (16i+g+8, 2t+8..)                          (the mma.sync A layout per warp)
-// so the A operand of keys 16kk..16kk+15 is pack(d[2kk][0..1]), pack(d[2kk][2..3]),
-// pack(d[2kk+1][0..1]), pack(d[2kk+1][2..3]) of S: P never leaves the registers.
-//
-// Shared memory: no swizzle (layout type 0, "interleave"). A tile of rows of W bf16 is cut into
-// core matrices of 8 rows × 16 bytes, each 128 contiguous bytes (row r%8 at 16·(r%8));
-// core matrix (r/8, c) for 16-byte chunk c sits at (r/8)·(W·16) + c·128 (tile_offset). In a
-// matrix descriptor (PTX ISA "Matrix Descriptor Format"; CUTLASS make_gmma_desc) the leading
-// byte offset (LBO) is the step between core matrices along K and the stride byte offset (SBO)
-// the step along M/N, for both majors in the interleave layout (CUTLASS: K-major
-// ((8,m),(T,2k)):((1T,SBO),(1,LBO)), MN-major ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8
-// bf16 = 16 bytes). Hence
-//   Q, K (K-major, K = hd along a row):      LBO = 128 (next chunk), SBO = W·16 (next 8 rows)
-//   V    (MN-major, K = keys = the rows):    LBO = W·16 (next 8 keys), SBO = 128 (next 8 hd)
-// and a k-step moves the start address by 2 chunks (256 bytes) for Q and K, by 16 rows
-// (2·W·16 bytes) for V.
-//
-// Ordering: cp.async writes shared memory through the generic proxy and wgmma reads it
-// through the async proxy, so every thread runs fence.proxy.async after its copies landed
-// and before the barrier that precedes the wgmma reads. wgmma.fence precedes each batch of
-// wgmma whose register operands (accumulators, A) were touched by ordinary instructions;
-// a wgmma.wait_group follows each batch within the same branch (a wgmma in flight across a
-// branch makes ptxas serialise every wgmma of the kernel, warning C7520), and an empty asm on
-// every accumulator and A-operand register (fence_regs, CUTLASS's warpgroup_fence_operand)
-// keeps the compiler from touching them between issue and wait.
+// History (H200, B 16, T 1024, test_cuda_attention_wgmma's timing): the first forward here,
+// fwd_pipe (cp.async into interleave tiles, 3 K/V slots, no producer warp), ran the pipelined
+// schedule below at hd 64 0.154 ms, hd 128 0.385 ms, against 0.172 / 0.433 for the serial one
+// and 0.154 / 0.404 for FA3's ping-pong of the two warpgroups (commit 7726988); fwd_tma replaced
+// it (hd 64 0.126 against 0.153 ms, hd 128 0.227 against 0.384; mma.sync 0.161 / 0.347).
 //
 // fwd_tma. 384 threads, one block a SM: warpgroup 0 is the producer (setmaxnreg down to 24
 // registers; one thread issues every load, the other 127 leave), warpgroups 1 and 2 consume
-// (setmaxnreg up to 240) and own 64 query rows each of the block's 128, exactly as fwd_pipe's
-// two warpgroups do: same products, same pipelined step (QK(j) and PV(j−1) in flight together,
-// the softmax of tile j under PV(j−1)), same softmax_p, finish and store_rows. What differs:
+// (setmaxnreg up to 240) and own 64 query rows each of the block's 128. Per key tile of BN keys
+// and consumer warpgroup:
+//   S (64 × BN, fp32 registers) = Q · Kᵀ   wgmma m64nBNk16, A = Q and B = K from shared
+//                                           memory, both K-major (hd contiguous), HD/16 k-steps
+//   online softmax on S in registers (softmax_p of attention_mma.cuh; the causal mask only on
+//   tiles that reach past the warp's first row; tiles after the warpgroup's last row are skipped)
+//   O (64 × HD, fp32 registers) += P · V   wgmma m64nHDk16, A = P from registers (bf16 pairs
+//                                           packed from S), B = V from shared memory, stored
+//                                           [keys][hd]: MN-major, so imm-trans-b = 1
+// pipelined as FA3's Algorithm 2 (Shah et al. 2024, "FlashAttention-3", §3.2): in step j the
+// warpgroup issues S(j) = Q·K(j)ᵀ, then O += P(j−1)·V(j−1) (P carried from the previous step as
+// packed bf16), waits for S(j) only (wait_group 1), runs the softmax of tile j while the P·V
+// product is still in flight, then waits for it (wait_group 0), rescales O by the new max and
+// packs P(j); finish writes the rows (store_rows) and lse. What the hardware does for it:
 //   loads   TMA (cp.async.bulk.tensor.4d) from tensor maps built on the host, q, k, v each
 //           viewed as (hd, H, T, B) so that rows past T read as zeros; Q once (128 rows),
 //           then K and V tiles of BN keys into a ring of tma_stages() stages (2 to 8: as
@@ -80,10 +53,43 @@
 //   order   TMA writes and wgmma reads are both async-proxy accesses ordered by the
 //           mbarriers (complete_tx → wait → wgmma; wgmma wait_group → arrive → wait → TMA);
 //           no proxy fence is needed. The barrier waits are spin loops, so they sit before a
-//           step's first wgmma, never between a wgmma and its wait_group (C7520); the
+//           step's first wgmma, never between a wgmma and its wait_group (C7520, below); the
 //           releases are predicated arrivals, not branches.
 //   grid    (B·H, query tiles), the query tile reversed: every head's last (longest) tile is
 //           dispatched before any head's first one.
+//
+// Fragment layouts (CUTLASS cute/atom/mma_traits_sm90_gmma.hpp: CLayout_64xN =
+// ((4,8,4),(2,2,N/8)):((128,1,16),(64,8,512)), ALayout_64x16 = CLayout_64x16), with
+// g = lane/4, t = lane%4 and warp i of the warpgroup:
+//   accumulator d[n][0..1] = (row 16i+g,   cols 8n+2t, 8n+2t+1),
+//               d[n][2..3] = (row 16i+g+8, same cols)          (the mma.sync C layout per warp)
+//   register A (k-step of 16): a0 = (16i+g, 2t..2t+1), a1 = (16i+g+8, 2t..), a2 = (16i+g, 2t+8..),
+//               a3 = (16i+g+8, 2t+8..)                          (the mma.sync A layout per warp)
+// so the A operand of keys 16kk..16kk+15 is pack(d[2kk][0..1]), pack(d[2kk][2..3]),
+// pack(d[2kk+1][0..1]), pack(d[2kk+1][2..3]) of S (pack_p): P never leaves the registers.
+//
+// Shared primitives (the backward of attention_wgmma_bwd.cuh loads its tiles by cp.async into
+// this layout). Shared memory without swizzle (layout type 0, "interleave"): a tile of rows of
+// W bf16 is cut into core matrices of 8 rows × 16 bytes, each 128 contiguous bytes (row r%8 at
+// 16·(r%8)); core matrix (r/8, c) for 16-byte chunk c sits at (r/8)·(W·16) + c·128
+// (tile_offset; load_tile fills it). In a matrix descriptor (PTX ISA "Matrix Descriptor
+// Format"; CUTLASS make_gmma_desc) the leading byte offset (LBO) is the step between core
+// matrices along K and the stride byte offset (SBO) the step along M/N, for both majors in the
+// interleave layout (CUTLASS: K-major ((8,m),(T,2k)):((1T,SBO),(1,LBO)), MN-major
+// ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8 bf16 = 16 bytes). Hence
+//   K-major (K along a row, desc_k):        LBO = 128 (next chunk), SBO = W·16 (next 8 rows)
+//   MN-major (K = the rows, desc_mn):       LBO = W·16 (next 8 rows), SBO = 128 (next 8 columns)
+// and a k-step of 16 moves the start address by 2 chunks (256 bytes) for a K-major operand, by
+// 16 rows (2·W·16 bytes) for an MN-major one.
+//
+// Ordering: cp.async writes shared memory through the generic proxy and wgmma reads it
+// through the async proxy, so every thread runs fence.proxy.async after its copies landed
+// and before the barrier that precedes the wgmma reads (the backward). wgmma.fence precedes
+// each batch of wgmma whose register operands (accumulators, A) were touched by ordinary
+// instructions; a wgmma.wait_group follows each batch within the same branch (a wgmma in
+// flight across a branch makes ptxas serialise every wgmma of the kernel, warning C7520), and
+// an empty asm on every accumulator and A-operand register (fence_regs, CUTLASS's
+// warpgroup_fence_operand) keeps the compiler from touching them between issue and wait.
 #include <cuda.h>  // CUtensorMap and its enums (no driver library is linked: see encode_tiled)
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
@@ -103,16 +109,17 @@
 namespace resbm::ops::cuda_detail_attn_wgmma {
 
 using cuda_detail_attn_mma::cp_async16;
-using cuda_detail_attn_mma::cp_commit;
-using cuda_detail_attn_mma::cp_wait;
 using cuda_detail_attn_mma::kLog2e;
 using cuda_detail_attn_mma::pack;
 using cuda_detail_attn_mma::saddr;
 
+// Warpgroups computing a block's rows (fwd_tma's consumers), their threads (load_tile's
+// default), and the query rows of a block.
 constexpr int kWarpgroups = 2, kThreads = 128 * kWarpgroups;
-constexpr int kBM = 64 * kWarpgroups;  // query rows per block
+constexpr int kBM = 64 * kWarpgroups;
+
 // ---------------------------------------------------------------------------------------------
-// Shared-memory layout and matrix descriptors
+// Interleave (no-swizzle) tiles: layout, matrix descriptors, cp.async loader (the backward's)
 
 // Byte offset of 16-byte chunk c (elements 8c..8c+7) of row r in a tile whose rows hold W
 // bf16 (see the top comment).
@@ -274,25 +281,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
 #undef RESBM_WG_REGS64
 
 // ---------------------------------------------------------------------------------------------
-// The two products of a key tile (warpgroup-collective; the tests call them directly)
-
-// s (64 × BN) = A · Bᵀ over HD: A = 64 rows from a_addr, B = BN rows from b_addr, both shared
-// tiles of HD-element rows (tile_offset<HD>) starting at a core-matrix row (multiple of 8).
-// Issue only: the caller fences before (wg_fence), commits, waits and pins s after.
-template <int HD, int BN>
-__device__ __forceinline__ void qk_issue(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
-  wgmma_ss<BN, false>(s, desc_k<HD>(a_addr), desc_k<HD>(b_addr));
-#pragma unroll
-  for (int kk = 1; kk < HD / 16; ++kk)
-    wgmma_ss<BN, true>(s, desc_k<HD>(a_addr + kk * 256), desc_k<HD>(b_addr + kk * 256));
-}
-
-// o (64 × HD) += P (64 × BN, a[BN/16] register-A k-steps) · V (BN rows of HD at v_addr). Issue only.
-template <int HD, int BN>
-__device__ __forceinline__ void pv_issue(float (&o)[HD / 8][4], const uint32_t (&a)[BN / 16][4], uint32_t v_addr) {
-#pragma unroll
-  for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<HD>(o, a[kk], desc_mn<HD>(v_addr + tile_offset<HD>(16 * kk, 0)));
-}
+// Register operands and the epilogue
 
 // The register-A k-steps of P (64 × BN in the accumulator layout, rounded to bf16).
 template <int BN>
@@ -315,58 +304,6 @@ __device__ __forceinline__ void fence_regs(uint32_t (&a)[KS][4]) {
     for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[n][e])::"memory");
 }
 
-// qk_issue, committed and waited for.
-template <int HD, int BN>
-__device__ __forceinline__ void qk(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
-  wg_fence();
-  qk_issue<HD, BN>(s, a_addr, b_addr);
-  wg_commit();
-  wg_wait<0>();
-  fence_regs(s);
-}
-
-// o (64 × HD) += p (64 × BN, accumulator layout, rounded to bf16) · V (BN rows of HD at v_addr),
-// committed and waited for.
-template <int HD, int BN>
-__device__ __forceinline__ void pv(float (&o)[HD / 8][4], const float (&p)[BN / 8][4], uint32_t v_addr) {
-  uint32_t a[BN / 16][4];
-  pack_p<BN>(a, p);
-  fence_regs(o);
-  wg_fence();
-  pv_issue<HD, BN>(o, a, v_addr);
-  wg_commit();
-  wg_wait<0>();
-  fence_regs(o);
-}
-
-// The schedule of a key tile's two products and its softmax (FA3 = Shah et al. 2024,
-// "FlashAttention-3", §3.2, Algorithm 2): in step j the warpgroup issues S(j) = Q·K(j)ᵀ, then
-// O += P(j−1)·V(j−1) (P carried from the previous step as packed bf16), waits for S(j) only
-// (wait_group 1), runs the softmax of tile j while the P·V product is still in flight, then
-// waits for it (wait_group 0), rescales O by the new max and packs P(j). K and V tiles rotate
-// through 3 shared slots: V(j−1) is read in step j while tile j+1 is loaded. Measured on the
-// H200 in one run (B 16, T 1024; test_cuda_attention_wgmma's timing, commit 7726988) against
-// the serial schedule (S, wait, softmax, P·V, wait) and FA3's ping-pong of the two warpgroups
-// on named barriers (§3.1, with one __syncthreads a tile left for the cp.async ring), both
-// since removed: hd 64 0.154 / 0.172 / 0.154 ms (64-key tiles; 128-key tiles 0.19–0.20),
-// hd 128 0.385 / 0.433 / 0.404 ms; mma.sync 0.163 and 0.342 ms.
-
-// Blocks a SM for __launch_bounds__: 2 where S, O and P fit in 128 registers (hd 64 with 64-key
-// tiles: 32 + 32 + 16), so that two blocks, not synchronised with each other, overlap one's
-// softmax with the other's wgmma; else 1 (up to 255 registers).
-template <int HD, int BN>
-constexpr int min_blocks() {
-  return HD == 64 && BN == 64 ? 2 : 1;
-}
-
-// K/V slots in shared memory: V(j−1) is read while tile j+1 loads.
-constexpr int kSlots = 3;
-
-template <int HD, int BN>
-constexpr size_t fwd_smem() {
-  return size_t(kBM + 2 * kSlots * BN) * HD * sizeof(bf16);  // Q, then K[slots], then V[slots]
-}
-
 // Row sums reduced over the quad, out (rows w0.., scaled by 1/l) and lse (natural log) stored;
 // rows past T (the only ones that can have l = 0) are not.
 template <int HD>
@@ -386,151 +323,9 @@ __device__ __forceinline__ void finish(bf16* out, float* lse, int64_t C, int w0,
   }
 }
 
-// Block step j = 0..ntiles: tile j's K/V have landed (all threads: cp.async wait, proxy fence,
-// barrier), tile j+1 is loaded into slot (j+1)%3 (its last readers, QK(j−2) and PV(j−2), were
-// waited for by every warpgroup before this barrier), then the warpgroup runs QK(j) if j < nw
-// (its own tile count: tiles after its last row are skipped) and PV(j−1) if 1 <= j <= nw.
-template <int HD, int BN>
-__global__ void __launch_bounds__(kThreads, min_blocks<HD, BN>())
-    fwd_pipe(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ k,
-             const bf16* __restrict__ v, int T, int H) {
-  static_assert(HD == 64 || HD == 128, "hd 64 or 128");
-  static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
-#if RESBM_ATTN_WGMMA
-  constexpr uint32_t kTileK = BN * HD * sizeof(bf16);
-  extern __shared__ __align__(128) unsigned char attn_wgmma_smem[];
-  unsigned char* Qs = attn_wgmma_smem;
-  unsigned char* Ks = Qs + kBM * HD * sizeof(bf16);  // [3][BN rows]
-  unsigned char* Vs = Ks + kSlots * kTileK;          // [3][BN rows]
-  const int wg = int(threadIdx.x) / 128, warp = (int(threadIdx.x) / 32) % 4;
-  const int bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int64_t C = int64_t(H) * HD;
-  const int64_t base = int64_t(b) * T * C + int64_t(h) * HD;
-  const int q0 = cuda_detail_attn_mma::tile_index() * kBM;
-  const int wg0 = q0 + 64 * wg, w0 = wg0 + 16 * warp;  // first row of the warpgroup, of the warp
-  const float sl2 = kLog2e / sqrtf(float(HD));
-
-  const int ntiles = (min(T, q0 + kBM) + BN - 1) / BN;
-  // Tiles this warpgroup needs (warpgroup-uniform): those with a key at or before its last row,
-  // none if it has no row before T.
-  const int nw = wg0 < T ? min(ntiles, (wg0 + 63) / BN + 1) : 0;
-  load_tile<kBM, HD>(Qs, q + base, q0, T, C);
-  load_tile<BN, HD>(Ks, k + base, 0, T, C);
-  load_tile<BN, HD>(Vs, v + base, 0, T, C);
-  cp_commit();
-
-  const uint32_t q_addr = saddr(Qs) + tile_offset<HD>(64 * wg, 0);
-  const uint32_t k_addr = saddr(Ks), v_addr = saddr(Vs);
-  float o[HD / 8][4];
-#pragma unroll
-  for (int d = 0; d < HD / 8; ++d)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[d][e] = 0.0f;
-  float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
-  float s[BN / 8][4];
-  uint32_t p[BN / 16][4];  // P of the previous tile, packed: the A operand of its P·V
-#pragma unroll
-  for (int kk = 0; kk < BN / 16; ++kk)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) p[kk][e] = 0u;
-
-  int slot = 0;  // j % 3
-  for (int j = 0; j <= ntiles; ++j) {
-    const int prev = slot == 0 ? kSlots - 1 : slot - 1, next = slot == kSlots - 1 ? 0 : slot + 1;
-    if (j < ntiles) {
-      cp_wait<0>();
-      fence_proxy_async();  // this thread's cp.async writes, visible to the async proxy (wgmma)
-      __syncthreads();
-      if (j + 1 < ntiles) {
-        load_tile<BN, HD>(Ks + next * kTileK, k + base, (j + 1) * BN, T, C);
-        load_tile<BN, HD>(Vs + next * kTileK, v + base, (j + 1) * BN, T, C);
-        cp_commit();
-      }
-    }
-    // Three self-contained (issued and waited for within the branch) forms of the step, so that
-    // no wgmma is in flight across a branch: ptxas would serialise them all (C7520). The
-    // conditions are warpgroup-uniform.
-    if (j >= 1 && j < nw) {        // QK(j) and PV(j-1): the steady state
-      fence_regs(o);
-      fence_regs(p);
-      wg_fence();
-      qk_issue<HD, BN>(s, q_addr, k_addr + slot * kTileK);
-      wg_commit();
-      pv_issue<HD, BN>(o, p, v_addr + prev * kTileK);
-      wg_commit();
-      wg_wait<1>();                    // S(j) done; P(j-1)·V(j-1) may still run
-      fence_regs(s);
-      const float2 c = cuda_detail_attn_mma::softmax_p<BN / 8, true>(s, mx, sum, j * BN, w0, sl2);
-      wg_wait<0>();
-      fence_regs(o);
-      fence_regs(p);
-      fence_regs(s);  // the packing below after the wait: p is the A operand of the product just waited for
-#pragma unroll
-      for (int d = 0; d < HD / 8; ++d) {
-        o[d][0] *= c.x;
-        o[d][1] *= c.x;
-        o[d][2] *= c.y;
-        o[d][3] *= c.y;
-      }
-      pack_p<BN>(p, s);
-    } else if (j == 0 && nw > 0) {  // QK(0) only (o is still 0: no rescaling)
-      wg_fence();
-      qk_issue<HD, BN>(s, q_addr, k_addr + slot * kTileK);
-      wg_commit();
-      wg_wait<0>();
-      fence_regs(s);
-      cuda_detail_attn_mma::softmax_p<BN / 8, true>(s, mx, sum, 0, w0, sl2);
-      pack_p<BN>(p, s);
-    } else if (j >= 1 && j == nw) {  // PV(nw-1) only
-      fence_regs(o);
-      fence_regs(p);
-      wg_fence();
-      pv_issue<HD, BN>(o, p, v_addr + prev * kTileK);
-      wg_commit();
-      wg_wait<0>();
-      fence_regs(o);
-    }
-    slot = next;
-  }
-  finish<HD>(out + base, lse + int64_t(bh) * T, C, w0, T, o, mx, sum);
-#elif defined(__CUDA_ARCH__)
-  (void)out, (void)lse, (void)q, (void)k, (void)v, (void)T, (void)H;
-  __trap();  // built for a target without wgmma
-#endif
-}
-
-// Opts the kernel in to its dynamic shared memory (> 48 KiB), once per process.
-template <int HD, int BN>
-void configure() {
-  static const bool done = [] {
-    cuda_detail_attn_mma::allow_smem(fwd_pipe<HD, BN>, fwd_smem<HD, BN>());
-    return true;
-  }();
-  (void)done;
-}
-
-// The forward with BN-key tiles (64 or 128; launch_fwd: 64, faster in the run above).
-template <int HD, int BN>
-void launch_fwd_bn(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
-                   int64_t T, int64_t H) {
-  if (B * T * H == 0) return;
-  configure<HD, BN>();
-  const dim3 grid(unsigned((T + kBM - 1) / kBM), unsigned(B * H));
-  fwd_pipe<HD, BN><<<grid, kThreads, fwd_smem<HD, BN>(), ctx.stream>>>(out, lse, q, k, v, int(T), int(H));
-  RESBM_CUDA_LAUNCH_CHECK();
-}
-
-// Same contract as cuda_detail_attn_mma::launch_fwd: out [B, T, H, HD] bf16, lse [B, H, T] fp32.
-// hd ∈ {64, 128}; needs an sm_90a device and image.
-template <int HD>
-void launch_fwd(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
-                int64_t T, int64_t H) {
-  launch_fwd_bn<HD, 64>(ctx, out, lse, q, k, v, B, T, H);
-}
-
 // =============================================================================================
 // fwd_tma: TMA loads into 128-byte-swizzled tiles, a producer warp, mbarrier rings (see the
-// second part of the top comment)
+// top comment)
 
 // ---------------------------------------------------------------------------------------------
 // Swizzled tiles and their matrix descriptors
@@ -564,7 +359,7 @@ __device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t kb) { return d
 // s (64 × BN) = A · Bᵀ over HD, A = 64 rows at a_addr of a swizzled tile of AR rows (a_addr =
 // tile + 128·first row, the row a multiple of 8), B = a swizzled tile of BN rows at b_addr.
 // K-step kk reads columns 16kk..16kk+15: panel kk/4, 32 bytes a k-step inside its rows.
-// Issue only (as qk_issue).
+// Issue only: the caller fences before (wg_fence), commits, waits and pins s after.
 template <int HD, int BN, int AR>
 __device__ __forceinline__ void qk_issue_sw(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
   const uint64_t da = desc_sw_k(a_addr), db = desc_sw_k(b_addr);
@@ -582,28 +377,6 @@ __device__ __forceinline__ void pv_issue_sw(float (&o)[HD / 8][4], const uint32_
   const uint64_t dv = desc_sw_mn<BN>(v_addr);
 #pragma unroll
   for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<HD>(o, a[kk], desc_add(dv, kk * 2 * kAtomBytes));
-}
-
-// qk_issue_sw, committed and waited for (the tests call it alone).
-template <int HD, int BN, int AR>
-__device__ __forceinline__ void qk_sw(float (&s)[BN / 8][4], uint32_t a_addr, uint32_t b_addr) {
-  wg_fence();
-  qk_issue_sw<HD, BN, AR>(s, a_addr, b_addr);
-  wg_commit();
-  wg_wait<0>();
-  fence_regs(s);
-}
-// o += p (accumulator layout, rounded to bf16) · V (swizzled, BN rows), committed and waited for.
-template <int HD, int BN>
-__device__ __forceinline__ void pv_sw(float (&o)[HD / 8][4], const float (&p)[BN / 8][4], uint32_t v_addr) {
-  uint32_t a[BN / 16][4];
-  pack_p<BN>(a, p);
-  fence_regs(o);
-  wg_fence();
-  pv_issue_sw<HD, BN>(o, a, v_addr);
-  wg_commit();
-  wg_wait<0>();
-  fence_regs(o);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,7 +478,7 @@ __device__ __forceinline__ void reg_alloc() {
 // The kernel
 
 // Warpgroup 0 produces (one thread issues every TMA load; the others leave at once),
-// warpgroups 1..2 consume, as fwd_pipe's warpgroups 0..1. Registers: 24 for the producer and
+// warpgroups 1..2 consume, 64 query rows each. Registers: 24 for the producer and
 // 240 for the consumers (FA3's split for two consumer warpgroups) add up to the 168 a thread
 // that __launch_bounds__(384, 1) grants at launch: 24·128 + 240·256 = 168·384.
 constexpr int kTmaThreads = 128 * (kWarpgroups + 1);
@@ -806,7 +579,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
     const int64_t C = int64_t(H) * HD;
     const int wg0 = q0 + 64 * cw, w0 = wg0 + 16 * warp;  // first row of the warpgroup, of the warp
     const float sl2 = kLog2e / sqrtf(float(HD));
-    // Tiles this warpgroup computes with (warpgroup-uniform), as fwd_pipe's nw.
+    // Tiles this warpgroup computes with (warpgroup-uniform): those with a key at or before its
+    // last row, none if it has no row before T.
     const int nw = wg0 < T ? min(ntiles, (wg0 + 63) / BN + 1) : 0;
     const uint32_t q_addr = q_s + 64 * cw * kRowBytes;
 
@@ -835,8 +609,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
       ks = 1;  // S >= 2: still phase 0
       cuda_detail_attn_mma::softmax_p<BN / 8, true>(s, mx, sum, 0, w0, sl2);
       pack_p<BN>(p, s);
-      // Step j: QK(j) and PV(j−1) in flight together, the softmax of tile j under PV(j−1), as
-      // fwd_pipe. Both tiles are waited for before the first issue: the waits are spin loops
+      // Step j: QK(j) and PV(j−1) in flight together, the softmax of tile j under PV(j−1) (the
+      // top comment). Both tiles are waited for before the first issue: the waits are spin loops
       // (branches), which must not separate a wgmma from its wait_group.
       for (int j = 1; j < nw; ++j) {
         mbar_wait(full_k(ks), kph);
@@ -963,8 +737,8 @@ void launch_fwd_tma_bn(CudaContext& ctx, bf16* out, float* lse, const bf16* q, c
   RESBM_CUDA_LAUNCH_CHECK();
 }
 
-// Same contract as launch_fwd; 128-key tiles (FA3's choice for causal hd 64 and 128; both
-// are in the test's timing).
+// Same contract as cuda_detail_attn_mma::launch_fwd; hd ∈ {64, 128}, an sm_90a device and
+// image. 128-key tiles (FA3's choice for causal hd 64 and 128; both are in the test's timing).
 template <int HD>
 void launch_fwd_tma(CudaContext& ctx, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int64_t B,
                     int64_t T, int64_t H) {

@@ -101,7 +101,10 @@ inline void cross_entropy_forward(CudaContext& ctx, CudaTensor<float> losses, Cu
 // The mean of the losses, summed in double in row order on the host (synchronises).
 inline double cross_entropy_mean(CudaContext& ctx, CudaTensor<const float> losses) {
   const int64_t N = losses.numel();
-  if (N == 0) return 0.0;
+  if (N == 0) {
+    ctx.synchronize();  // always: callers read other results that were queued before it
+    return 0.0;
+  }
   std::vector<float> h(static_cast<size_t>(N));
   RESBM_CUDA_CHECK(cudaMemcpyAsync(h.data(), losses.data, size_t(N) * sizeof(float), cudaMemcpyDeviceToHost,
                                    ctx.stream));

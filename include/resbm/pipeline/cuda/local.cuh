@@ -11,9 +11,9 @@
 // half (one read-back), one clip factor, one optimizer step per parameter set: the CPU
 // LocalPipeline's step, so the CPU and the GPU give the same losses to bf16 tolerance.
 //
-// Host syncs per micro-batch: one for the wire statuses of every boundary (a non-finite
-// value at a boundary is reported with the CPU wire's message), then the loss; per step:
-// the gradient norm.
+// Host syncs per micro-batch: one, the loss's read-back, which also brings back the wire
+// statuses of every boundary (queued before it; a non-finite value at a boundary is reported
+// with the CPU wire's message, before the loss is checked); per step: the gradient norm.
 #include <cmath>
 #include <exception>
 #include <memory>
@@ -214,8 +214,9 @@ class CudaLocalPipeline {
         }
         stages_[s]->backward(mbs_[s], grad_in, 1.0f / float(micro_batches));
       }
-      check_wires();  // first: a non-finite value is named where it crossed a boundary, as on the CPU
-      const double l = stages_.back()->model().mean_loss(mbs_.back().acts);
+      collect_wires();
+      const double l = stages_.back()->model().mean_loss(mbs_.back().acts);  // synchronises
+      raise_wires();  // first: a non-finite value is named where it crossed a boundary, as on the CPU
       RESBM_CHECK(std::isfinite(l), cat("loss is ", l, " at step ", step, " (micro-batch ", m, ")"),
                   "lower --lr or raise --warmup");
       loss += l / micro_batches;
@@ -234,8 +235,10 @@ class CudaLocalPipeline {
     for (int m = 0; m < micro_batches; ++m) {
       load(tokens + m * N, targets + m * N);
       forward(false);
-      check_wires();
-      sum += stages_.back()->model().mean_loss(mbs_.back().acts) / micro_batches;
+      collect_wires();
+      const double l = stages_.back()->model().mean_loss(mbs_.back().acts);  // synchronises
+      raise_wires();
+      sum += l / micro_batches;
     }
     return sum;
   }
@@ -257,11 +260,13 @@ class CudaLocalPipeline {
     }
   }
 
-  // Every boundary launch's status with one synchronisation; throws the first bad one's
+  // Every boundary launch's status, in two halves around the synchronisation that follows
+  // (the loss's read-back): collect queues the read-backs, raise throws the first bad one's
   // Error (statuses_ is in the CPU pipeline's order).
-  void check_wires() {
+  void collect_wires() {
     for (auto* st : statuses_) st->collect(*ctx_);
-    ctx_->synchronize();
+  }
+  void raise_wires() {
     std::exception_ptr first;  // every status is reset, so the pipeline can go on after an error
     for (auto* st : statuses_) try {
         st->raise();
