@@ -15,12 +15,18 @@ STEPS=${STEPS:-30}
 configure_gpu 120
 targets="resbm-train-cuda"
 [ "${GPU_COMPARE_KERNELS:-1}" = 1 ] && targets="$targets bench_kernels_cuda bench_wire_cuda"
-[ "${GPU_COMPARE_TESTS:-1}" = 1 ] && targets="$targets test_cuda_ops test_cuda_model test_cuda_pipeline"
+[ "${GPU_COMPARE_TESTS:-1}" = 1 ] && targets="$targets test_cuda_ops test_cuda_model test_cuda_pipeline \
+  test_cuda_attention_wgmma test_cuda_attention_wgmma_bwd"
 step build 400 ninja -C build-gpu $targets || grep -E "error" -A5 "$OUT/build.log" | head -60
 if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
   step test_ops 240 build-gpu/tests/test_cuda_ops
   step test_model 120 build-gpu/tests/test_cuda_model
   step test_pipeline 120 build-gpu/tests/test_cuda_pipeline
+  step test_attn_fwd 120 build-gpu/tests/test_cuda_attention_wgmma
+  step test_attn_bwd 120 build-gpu/tests/test_cuda_attention_wgmma_bwd
+  for t in attention_wgmma attention_wgmma_bwd; do  # the TMA kernels' mbarrier rings and shared staging
+    step race_$t 300 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/tests/test_cuda_$t "~*timing*"
+  done
 fi
 step ceiling 120 "$PY" benchmarks/torch_gpu.py ceiling
 TRAIN=build-gpu/examples/resbm-train-cuda
@@ -48,6 +54,8 @@ if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
   echo "== tests =="
   grep -hE "rel err|loss cpu|init:|slices:|gradients:|weights after|attention \(|dense:|resbm:|test cases|FAILED" \
     "$OUT/test_ops.log" "$OUT/test_model.log" "$OUT/test_pipeline.log" | grep -vE "^  grad " | head -120
+  grep -hE "^timing|test cases|FAILED" "$OUT/test_attn_fwd.log" "$OUT/test_attn_bwd.log"
+  grep -hE "RACECHECK SUMMARY" "$OUT"/race_*.log
 fi
 echo "== resbm-train-cuda =="; grep -hE "^step|RESULT|error" "$OUT/resbm_a.log" "$OUT/resbm_b.log" | tail -20
 if [ "${GPU_COMPARE_KERNELS:-1}" = 1 ]; then

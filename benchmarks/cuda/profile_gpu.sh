@@ -15,7 +15,7 @@ if [ "${PROFILE_NCU:-1}" = 1 ]; then
   S="$S --section LaunchStats --section SchedulerStats --section MemoryWorkloadAnalysis"
   step ncu_fwd 150 ncu --clock-control none --kernel-name regex:fwd_tma --launch-skip 3 --launch-count 1 $S \
     build-gpu/tests/test_cuda_attention_wgmma "*timing*"
-  step ncu_bwd 150 ncu --clock-control none --kernel-name-base demangled --kernel-name "regex:bwd<.int.64, .int.64>" --launch-skip 3 --launch-count 1 $S \
+  step ncu_bwd 150 ncu --clock-control none --kernel-name-base demangled --kernel-name "regex:bwd_tma<.int.64>" --launch-skip 3 --launch-count 1 $S \
     build-gpu/tests/test_cuda_attention_wgmma_bwd "*timing*"
   for f in ncu_fwd ncu_bwd; do
     echo "== $f"

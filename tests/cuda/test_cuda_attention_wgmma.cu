@@ -4,8 +4,8 @@
 //  1. the two warpgroup products the kernels are built of (qk: S = Q·Kᵀ from K-major shared
 //     tiles; pv: O += P·V with P packed from the accumulator registers and V an MN-major
 //     shared tile), each alone against a host GEMM, for every shape the kernels use: on the
-//     no-swizzle interleave tiles loaded by cp.async (W::load_tile, W::desc_k, W::desc_mn: the
-//     backward's layout) and on fwd_tma's 128-byte-swizzled tiles loaded by TMA
+//     no-swizzle interleave tiles loaded by cp.async (load_tile below, W::desc_k, W::desc_mn:
+//     the layout of the backward's dSᵀ tile) and on fwd_tma's 128-byte-swizzled tiles by TMA
 //     (W::tensor_map, W::tma_tile, W::qk_issue_sw, W::pv_issue_sw). The operands are heads of
 //     [B, T, H, hd] tensors whose T ends inside the tile (the rows past it must arrive as
 //     zeros). A wrong descriptor (LBO/SBO, swizzle, start address steps), tensor map or
@@ -125,8 +125,25 @@ __device__ __forceinline__ void begin(uint32_t bar, uint32_t tiles) {
   }
   __syncthreads();
 }
+// Rows [r0, r0 + ROWS) of one head ([T, ·], row stride ld, HD bf16 a row) into a shared tile
+// laid out by W::tile_offset<HD>, by the block's W::kThreads threads; rows past T are
+// zero-filled (source clamped, src-size 0). Eight consecutive threads fill one core matrix
+// (128 contiguous bytes, no bank conflict); a warp reads 64 contiguous bytes of each of 8 rows.
+template <int ROWS, int HD>
+__device__ __forceinline__ void load_tile(unsigned char* tile, const bf16* src, int r0, int T, int64_t ld) {
+  constexpr int V = HD / 8, NT = W::kThreads;
+  static_assert(ROWS % 8 == 0 && (ROWS * V) % NT == 0, "whole core matrices, every thread the same count");
+#pragma unroll
+  for (int i = 0; i < ROWS * V / NT; ++i) {
+    const int idx = int(threadIdx.x) + i * NT;
+    const int r = (idx / (8 * V)) * 8 + idx % 8, c = (idx / 8) % V;
+    const int row = r0 + r;
+    const bf16* g = src + int64_t(row < T ? row : T - 1) * ld + c * 8;
+    M::cp_async16(tile + W::tile_offset<HD>(r, c), g, row < T ? 16 : 0);
+  }
+}
 // Rows [0, R) of src into the tile at t, rows past src.T as zeros: by every thread through
-// cp.async (W::load_tile), or by thread 0 through TMA (W::tma_tile) completing on bar.
+// cp.async (load_tile), or by thread 0 through TMA (W::tma_tile) completing on bar.
 template <int HD, int R, bool SW>
 __device__ __forceinline__ void fetch(unsigned char* t, const Head& src, uint32_t bar) {
   if constexpr (SW) {
@@ -135,7 +152,7 @@ __device__ __forceinline__ void fetch(unsigned char* t, const Head& src, uint32_
       W::tma_tile<HD, R>(M::saddr(t), &src.map, bar, 0, 1, src.h);
     }
   } else {
-    W::load_tile<R, HD>(t, src.x + int64_t(src.T * 3 + src.h) * HD, 0, src.T, 3 * HD);
+    load_tile<R, HD>(t, src.x + int64_t(src.T * 3 + src.h) * HD, 0, src.T, 3 * HD);
   }
 }
 // After the fetches: every tile landed and visible to wgmma (cp.async: the proxy fence, then

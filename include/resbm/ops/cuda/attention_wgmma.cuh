@@ -4,7 +4,7 @@
 // attention_mma.cuh (q, k, v, out bf16 [B, T, H, hd], row stride H·hd; lse fp32 [B, H, T], the
 // natural-log log-sum-exp of the scaled scores; rows past T are not written); and the wgmma
 // primitives that the backward of attention_wgmma_bwd.cuh shares with it (the interleave
-// layout, its descriptors and tile loader, the wgmma instructions, fences and the epilogue).
+// layout and its descriptors, the wgmma instructions, fences and the epilogue).
 //
 // History (H200, B 16, T 1024, test_cuda_attention_wgmma's timing): the first forward here,
 // fwd_pipe (cp.async into interleave tiles, 3 K/V slots, no producer warp), ran the pipelined
@@ -68,27 +68,27 @@
 // so the A operand of keys 16kk..16kk+15 is pack(d[2kk][0..1]), pack(d[2kk][2..3]),
 // pack(d[2kk+1][0..1]), pack(d[2kk+1][2..3]) of S (pack_p): P never leaves the registers.
 //
-// Shared primitives (the backward of attention_wgmma_bwd.cuh loads its tiles by cp.async into
-// this layout). Shared memory without swizzle (layout type 0, "interleave"): a tile of rows of
-// W bf16 is cut into core matrices of 8 rows × 16 bytes, each 128 contiguous bytes (row r%8 at
+// Shared primitives (the backward of attention_wgmma_bwd.cuh stores its dSᵀ tile in this
+// layout). Shared memory without swizzle (layout type 0, "interleave"): a tile of rows of W
+// bf16 is cut into core matrices of 8 rows × 16 bytes, each 128 contiguous bytes (row r%8 at
 // 16·(r%8)); core matrix (r/8, c) for 16-byte chunk c sits at (r/8)·(W·16) + c·128
-// (tile_offset; load_tile fills it). In a matrix descriptor (PTX ISA "Matrix Descriptor
-// Format"; CUTLASS make_gmma_desc) the leading byte offset (LBO) is the step between core
-// matrices along K and the stride byte offset (SBO) the step along M/N, for both majors in the
-// interleave layout (CUTLASS: K-major ((8,m),(T,2k)):((1T,SBO),(1,LBO)), MN-major
+// (tile_offset). In a matrix descriptor (PTX ISA "Matrix Descriptor Format"; CUTLASS
+// make_gmma_desc) the leading byte offset (LBO) is the step between core matrices along K and
+// the stride byte offset (SBO) the step along M/N, for both majors in the interleave layout
+// (CUTLASS: K-major ((8,m),(T,2k)):((1T,SBO),(1,LBO)), MN-major
 // ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8 bf16 = 16 bytes). Hence
 //   K-major (K along a row, desc_k):        LBO = 128 (next chunk), SBO = W·16 (next 8 rows)
 //   MN-major (K = the rows, desc_mn):       LBO = W·16 (next 8 rows), SBO = 128 (next 8 columns)
 // and a k-step of 16 moves the start address by 2 chunks (256 bytes) for a K-major operand, by
 // 16 rows (2·W·16 bytes) for an MN-major one.
 //
-// Ordering: cp.async writes shared memory through the generic proxy and wgmma reads it
-// through the async proxy, so every thread runs fence.proxy.async after its copies landed
-// and before the barrier that precedes the wgmma reads (the backward). wgmma.fence precedes
-// each batch of wgmma whose register operands (accumulators, A) were touched by ordinary
-// instructions; a wgmma.wait_group follows each batch within the same branch (a wgmma in
-// flight across a branch makes ptxas serialise every wgmma of the kernel, warning C7520), and
-// an empty asm on every accumulator and A-operand register (fence_regs, CUTLASS's
+// Ordering: cp.async writes shared memory through the generic proxy and wgmma reads it through
+// the async proxy, so every thread runs fence.proxy.async after its copies landed and before
+// the barrier that precedes the wgmma reads (the backward's dSᵀ stores likewise). wgmma.fence
+// precedes each batch of wgmma whose register operands (accumulators, A) were touched by
+// ordinary instructions; a wgmma.wait_group follows each batch within the same branch (a wgmma
+// in flight across a branch makes ptxas serialise every wgmma of the kernel, warning C7520),
+// and an empty asm on every accumulator and A-operand register (fence_regs, CUTLASS's
 // warpgroup_fence_operand) keeps the compiler from touching them between issue and wait.
 #include <cuda.h>  // CUtensorMap and its enums (no driver library is linked: see encode_tiled)
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
@@ -108,18 +108,17 @@
 
 namespace resbm::ops::cuda_detail_attn_wgmma {
 
-using cuda_detail_attn_mma::cp_async16;
 using cuda_detail_attn_mma::kLog2e;
 using cuda_detail_attn_mma::pack;
 using cuda_detail_attn_mma::saddr;
 
-// Warpgroups computing a block's rows (fwd_tma's consumers), their threads (load_tile's
-// default), and the query rows of a block.
+// Warpgroups computing a block's rows (fwd_tma's consumers), their threads, and the query rows
+// of a block.
 constexpr int kWarpgroups = 2, kThreads = 128 * kWarpgroups;
 constexpr int kBM = 64 * kWarpgroups;
 
 // ---------------------------------------------------------------------------------------------
-// Interleave (no-swizzle) tiles: layout, matrix descriptors, cp.async loader (the backward's)
+// Interleave (no-swizzle) tiles: layout and matrix descriptors (the backward's dSᵀ tile)
 
 // Byte offset of 16-byte chunk c (elements 8c..8c+7) of row r in a tile whose rows hold W
 // bf16 (see the top comment).
@@ -143,24 +142,6 @@ __host__ __device__ constexpr uint64_t desc_k(uint32_t smem_addr) {
 template <int W>
 __host__ __device__ constexpr uint64_t desc_mn(uint32_t smem_addr) {
   return make_desc(smem_addr, W * 16, 128);
-}
-
-// Rows [r0, r0 + ROWS) of one head ([T, ·], row stride ld, HD bf16 a row) into a shared tile
-// laid out by tile_offset<HD>; rows past T are zero-filled (source clamped, src-size 0, as
-// load_async does). Eight consecutive threads fill one core matrix (128 contiguous bytes,
-// no bank conflict); a warp reads 64 contiguous bytes of each of 8 rows.
-template <int ROWS, int HD, int NT = kThreads>
-__device__ __forceinline__ void load_tile(unsigned char* tile, const bf16* src, int r0, int T, int64_t ld) {
-  constexpr int V = HD / 8;
-  static_assert(ROWS % 8 == 0 && (ROWS * V) % NT == 0, "whole core matrices, every thread the same count");
-#pragma unroll
-  for (int i = 0; i < ROWS * V / NT; ++i) {
-    const int idx = int(threadIdx.x) + i * NT;
-    const int r = (idx / (8 * V)) * 8 + idx % 8, c = (idx / 8) % V;
-    const int row = r0 + r;
-    const bf16* g = src + int64_t(row < T ? row : T - 1) * ld + c * 8;
-    cp_async16(tile + tile_offset<HD>(r, c), g, row < T ? 16 : 0);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
