@@ -18,8 +18,9 @@
 // ran 0.349 / 0.834 ms, and 0.264 / 0.583 ms with the dq atomics left out (wrong dq), so they
 // cost ~25%; a bulk reduction of a staged dQ tile inside bwd did not pay (0.361 / 0.814 ms:
 // all 256 threads at a barrier while thread 0 waited for it), one issued by a dedicated
-// dQ-writer warp here does: 0.332 / 0.698 ms. bwd was removed after bwd_tma replaced it
-// (git log -S launch_bwd_bq finds it).
+// dQ-writer warp here does: 0.332 / 0.698 ms; with the lse/D rows brought by the consumers
+// instead of the producer warp's lanes, 0.2815 / 0.665 ms. bwd was removed after bwd_tma
+// replaced it (git log -S launch_bwd_bq finds it).
 //
 // 384 threads, one block a SM, grid (B·H, key blocks of kBK = 128): blockIdx.y = key block,
 // dispatched y-slowest, so every head's first (longest: all later queries attend to it) key
@@ -105,8 +106,8 @@
 // 128 (spill-free with reg_alloc<232>, 4 bytes spilled at <224>); the producer's and the
 // writer's loops are not unrolled (#pragma unroll 1): unrolled, the 24-register warpgroup
 // spilled 36 bytes at hd 128. ptxas -v of test_cuda_attention_wgmma_bwd (CUDA 13.0.88, -O3)
-// now reports 28 bytes of spill stores at hd 64 and 24 at hd 128, the same with bwd still in
-// the file; where they sit was not looked into. The per-k-step descriptors are rebuilt from
+// reported 28 bytes of spill stores at hd 64 and 24 at hd 128 (before the lse/D rows moved
+// to the consumers); where they sit was not looked into. The per-k-step descriptors are rebuilt from
 // opaque() bases each query tile (hoisted, they cost registers).
 #include <cstdint>
 
