@@ -28,9 +28,8 @@
 //   warpgroup 0, the producer (setmaxnreg down to 24):
 //     warp 0: one thread loads K and V of the block's 128 keys once (full_kv), then per query
 //       tile j (i0 = j0 + 64j, < T) into stage j % S of a ring (S = tma_bwd_stages: 4 at hd
-//       64, 2 at hd 128), after the stage's empty barrier says its previous use is read: the
-//       warp's lanes store the tile's lse and D rows, then one thread issues Q (full_q) and
-//       dout (full_g);
+//       64, 2 at hd 128), after the stage's empty barrier says its previous use is read: Q
+//       (full_q) and dout (full_g);
 //     warp 1, the dQ writer: per tile waits for the staged dQ (named barrier kBarDqFull + j % 2),
 //       adds it into dq_acc with ONE bulk reduction (cp.reduce.async.bulk .add.f32) of the
 //       tile's min(64, T − i0) rows, waits until that has read the staging buffer
@@ -67,14 +66,13 @@
 //
 // Synchronisation (ids of named barriers: id 0 is __syncthreads'):
 //   mbarriers, as fwd_tma: full_kv (1 arrival + tx), full_q[s], full_g[s] (1 arrival + tx: the
-//     tile's bytes; the lse and D rows are stored by the producer warp before the arrival),
-//     empty[s] (8 arrivals: lane 0 of every consumer warp once its last wgmma reading the
+//     tile's bytes), empty[s] (8 arrivals: lane 0 of every consumer warp once its last wgmma reading the
 //     stage completed). Use u = j / S of stage s: consumers wait parity u & 1 of full, the
 //     producer parity (u & 1) ^ 1 of empty. Both consumers wait for and release every stage
 //     (also a skipping one: it waits first, so that its arrival counts towards the right
 //     phase).
 //   kBarDs (256): dSᵀ of tile j written (each thread: stores, fence.proxy.async, bar.sync)
-//     before any dQ wgmma reads it. One barrier a tile suffices with two dSᵀ buffers: tile
+//     before any dQ wgmma reads it; it also publishes tile j+1's lse and D rows (below). One barrier a tile suffices with two dSᵀ buffers: tile
 //     j + 2 rewrites buffer j % 2 only after every consumer passed kBarDs of tile j + 1, which
 //     each does after waiting for its dQ(j).
 //   kBarDqFull + b, kBarDqEmpty + b (288 = 256 consumers + the writer warp): consumers
@@ -96,9 +94,9 @@
 // instruction on the H200. Stored by the producer warp's lanes and published through the
 // full/empty mbarriers, compute-sanitizer's racecheck reported every such store as a hazard.)
 // Past T, lse is +∞ and D 0, so P, and with it dSᵀ, is 0 for query columns ≥ T (p_tile also
-// masks them); K, V, Q, dout rows past T are
-// zeros (the (HD, H, T, B) tensor maps), and keys past T are masked as keys after every valid
-// query (they only occur in tiles that carry the causal mask).
+// masks them); K, V, Q, dout rows past T are zeros (the (HD, H, T, B) tensor maps), and keys
+// past T are masked as keys after every valid query (they only occur in tiles that carry the
+// causal mask).
 //
 // Registers (ptxas -v, CUDA 13.0, sm_90a): 168 a thread at launch (__launch_bounds__(384, 1)),
 // setmaxnreg 24 (producer warpgroup) / 240 (consumers) as fwd_tma. Noted when bwd_tma was
