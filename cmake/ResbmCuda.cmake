@@ -15,6 +15,12 @@ endif()
 set(CMAKE_CUDA_STANDARD 20)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 find_package(CUDAToolkit REQUIRED)
+# The TMA attention kernels get cuTensorMapEncodeTiled through cudaGetDriverEntryPointByVersion
+# (CUDA 12.5), so that nothing links the driver library.
+if(CUDAToolkit_VERSION VERSION_LESS 12.5)
+  message(FATAL_ERROR "resbm's CUDA backend needs the CUDA Toolkit 12.5 or newer (found ${CUDAToolkit_VERSION}). "
+                      "Install a newer toolkit, or configure with -DRESBM_CUDA=OFF for the CPU backend alone.")
+endif()
 find_path(RESBM_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} REQUIRED)
 find_library(RESBM_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib REQUIRED)
 
