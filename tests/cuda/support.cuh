@@ -15,6 +15,7 @@
 #include "resbm/core/context.hpp"
 #include "resbm/core/dtype.hpp"
 #include "resbm/core/rng.hpp"
+#include "resbm/ops/cpu/ops.hpp"
 #include "resbm/ops/cuda/context.cuh"
 #include "support/catch.hpp"
 #include "support/errors.hpp"
@@ -134,6 +135,21 @@ inline double rel_err(const std::vector<float>& a, const std::vector<float>& b, 
   return rel_err(a.data(), b.data(), a.size(), min_ms);
 }
 
+// Below this mean square (inputs are unit normals: RMS 1e-4) a reference counts as zero: at
+// T = 1 the exact dq and dk are 0, the CPU's rounding leaves ~1e-8 and the GPU's fp32 ~5e-8
+// there, and a relative error against rounding noise says nothing about the kernel.
+constexpr double kNoise = 1e-8;
+constexpr double kBf16 = 1e-2;  // outputs rounded to bf16 (unit roundoff 2^-9 ≈ 2e-3)
+constexpr double kF32 = 1e-5;   // fp32 outputs from bf16 inputs
+
+// rel_err(out, ref, kNoise) printed (the errors are the tests' record) and bounded.
+#define CHECK_REL(out, ref, bound)                                                          \
+  do {                                                                                      \
+    const double e_ = rel_err(out, ref, resbm::test::kNoise);                               \
+    std::printf("  %-46s rel err %.3e (bound %.0e)\n", #out, e_, double(bound));             \
+    CHECK(e_ < (bound));                                                                    \
+  } while (0)
+
 // Wire buffers: 0x80 is never a code (codes are in [-127, 127]) and 0x80808080 is a
 // negative scale, so poisoned bytes left in place cannot pass for a payload; the guard of
 // kGuard bytes past the payload catches overruns.
@@ -181,6 +197,35 @@ inline std::vector<float> reference_lse(const std::vector<float>& q, const std::
         out[size_t((b * H + h) * T + i)] = float(m + std::log(sum));
       }
   return out;
+}
+
+// Random attention inputs q, k, v, dout (unit normals, bf16-rounded, [B, T, H, hd]) and the
+// CPU op's output and gradients (of ⟨dout, out⟩): what the attention tests compare against.
+struct AttentionReference {
+  std::vector<float> q, k, v, dout, out, dq, dk, dv;
+};
+inline AttentionReference attention_reference(int64_t B, int64_t T, int64_t H, int64_t hd) {
+  const size_t n = size_t(B * T * H * hd);
+  AttentionReference r{randn(n), randn(n), randn(n), randn(n), std::vector<float>(n), std::vector<float>(n, 0.0f),
+                       std::vector<float>(n, 0.0f), std::vector<float>(n, 0.0f)};
+  std::vector<float> cache(size_t(ops::attention_cache_size(B, T, H)));
+  auto T4 = [&](std::vector<float>& x) { return Tensor<float>(x.data(), {B, T, H, hd}); };
+  auto C4 = [&](const std::vector<float>& x) { return Tensor<const float>(x.data(), {B, T, H, hd}); };
+  ops::attention_forward<float>(host(), T4(r.out), Tensor<float>(cache.data(), {int64_t(cache.size())}), C4(r.q),
+                                C4(r.k), C4(r.v));
+  ops::attention_backward<float>(host(), T4(r.dq), T4(r.dk), T4(r.dv), C4(r.dout),
+                                 Tensor<const float>(cache.data(), {int64_t(cache.size())}), C4(r.q), C4(r.k),
+                                 C4(r.v), C4(r.out));
+  return r;
+}
+
+// Gradient p (0 dq, 1 dk, 2 dv) out of the three written into one buffer (all): rows of C
+// elements, row stride G, gradient p starting p·off elements in.
+inline std::vector<float> gradient(const std::vector<float>& all, size_t rows, size_t C, size_t G, size_t off, int p) {
+  std::vector<float> r(rows * C);
+  for (size_t row = 0; row < rows; ++row)
+    for (size_t c = 0; c < C; ++c) r[row * C + c] = all[size_t(p) * off + row * G + c];
+  return r;
 }
 
 // x[i] = a bf16 in [-2, 2) from a hash of i: inputs for the timings without a host round trip.

@@ -4,7 +4,7 @@
 //  1. the two warpgroup products the kernels are built of (qk: S = Q·Kᵀ from K-major shared
 //     tiles; pv: O += P·V with P packed from the accumulator registers and V an MN-major
 //     shared tile), each alone against a host GEMM, for every shape the kernels use: on the
-//     no-swizzle interleave tiles loaded by cp.async (load_tile below, W::desc_k, W::desc_mn:
+//     no-swizzle interleave tiles loaded by cp.async (load_tile below, desc_k, W::desc_mn:
 //     the layout of the backward's dSᵀ tile) and on fwd_tma's 128-byte-swizzled tiles by TMA
 //     (W::tensor_map, W::tma_tile, W::qk_issue_sw, W::pv_issue_sw). The operands are heads of
 //     [B, T, H, hd] tensors whose T ends inside the tile (the rows past it must arrive as
@@ -35,17 +35,6 @@ namespace M = resbm::ops::cuda_detail_attn_mma;
 
 namespace {
 
-constexpr double kNoise = 1e-8;  // as test_cuda_ops.cu: a reference below this mean square counts as zero
-constexpr double kBf16 = 1e-2;   // outputs rounded to bf16
-constexpr double kF32 = 1e-5;    // fp32 outputs from bf16 inputs
-
-#define CHECK_REL(out, ref, bound)                                                  \
-  do {                                                                              \
-    const double e_ = rel_err(out, ref, kNoise);                                    \
-    std::printf("  %-40s rel err %.3e (bound %.0e)\n", #out, e_, double(bound));     \
-    CHECK(e_ < (bound));                                                            \
-  } while (0)
-
 // CHECK_REL for a rows × cols matrix (row-major) that, when the bound fails, prints the first
 // wrong (row, col) (a wrong descriptor or fragment mapping shows as a pattern there).
 void check_matrix(const char* what, const std::vector<float>& got, const std::vector<float>& want, int64_t cols,
@@ -65,6 +54,13 @@ void check_matrix(const char* what, const std::vector<float>& got, const std::ve
 // 1. The warpgroup products alone: 2 warpgroups, each its 64 rows, as in the kernels. SW
 //    selects the tiles: false = interleave by cp.async, true = 128-byte swizzled by TMA.
 
+// K-major interleave descriptor (A = Q, B = K: rows are M or N, each row W elements of K);
+// the kernels' K-major operands are all swizzled, so only this test reads the layout this way.
+template <int W_>
+__host__ __device__ constexpr uint64_t desc_k(uint32_t smem_addr) {
+  return W::make_desc(smem_addr, 128, W_ * 16);
+}
+
 // The products committed and waited for (the kernels issue them only, and wait where their
 // schedule allows).
 // s (64 × BN) = A · Bᵀ over HD: A = 64 rows at a_addr (a core-matrix row of a 128-row tile),
@@ -75,10 +71,10 @@ __device__ __forceinline__ void qk(float (&s)[BN / 8][4], uint32_t a_addr, uint3
   if constexpr (SW) {
     W::qk_issue_sw<HD, BN, 128>(s, a_addr, b_addr);
   } else {
-    W::wgmma_ss<BN, false>(s, W::desc_k<HD>(a_addr), W::desc_k<HD>(b_addr));
+    W::wgmma_ss<BN, false>(s, desc_k<HD>(a_addr), desc_k<HD>(b_addr));
 #pragma unroll
     for (int kk = 1; kk < HD / 16; ++kk)
-      W::wgmma_ss<BN, true>(s, W::desc_k<HD>(a_addr + kk * 256), W::desc_k<HD>(b_addr + kk * 256));
+      W::wgmma_ss<BN, true>(s, desc_k<HD>(a_addr + kk * 256), desc_k<HD>(b_addr + kk * 256));
   }
   W::wg_commit();
   W::wg_wait<0>();

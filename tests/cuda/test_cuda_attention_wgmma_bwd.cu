@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "resbm/cuda.cuh"
@@ -30,9 +31,6 @@ namespace M = resbm::ops::cuda_detail_attn_mma;
 
 namespace {
 
-constexpr double kNoise = 1e-8;  // as test_cuda_ops.cu: a reference below this mean square counts as zero
-constexpr double kBf16 = 1e-2;   // outputs rounded to bf16
-constexpr double kF32 = 1e-5;    // fp32 outputs from bf16 inputs
 
 // ------------------------------------------------------------------------------------------
 // 1. dQ (64 × HD) = dS (64 × 128 keys, from the dSᵀ tile) · K (128 × HD), through WB::dqt_issue
@@ -143,14 +141,6 @@ void check(const std::string& what, const AttnShape& s, const std::vector<float>
   if (e >= bound) explain(what, s, got, want);
 }
 
-// Gradient p (0 dq, 1 dk, 2 dv) out of the three written into one buffer (all): rows of C
-// elements, row stride G, gradient p starting p·off elements in.
-std::vector<float> gradient(const std::vector<float>& all, size_t rows, size_t C, size_t G, size_t off, int p) {
-  std::vector<float> r(rows * C);
-  for (size_t row = 0; row < rows; ++row)
-    for (size_t c = 0; c < C; ++c) r[row * C + c] = all[size_t(p) * off + row * G + c];
-  return r;
-}
 
 // D = rowsum(dout ⊙ out) into the cache's second half and dq_acc zeroed, as attention.cuh's
 // launch_bwd does before the single pass.
@@ -171,19 +161,11 @@ struct Inputs {
 // Random q, k, v, dout; the CPU op's gradients; on the device the inputs, out and the cache
 // (lse) of ops::attention_forward.
 Inputs make_inputs(const AttnShape& s) {
-  const size_t n = size_t(s.B * s.T * s.H * s.hd);
-  auto q = randn(n), k = randn(n), v = randn(n), dout = randn(n);
-  std::vector<float> ref(n), cache(size_t(ops::attention_cache_size(s.B, s.T, s.H)));
-  auto T4 = [&](std::vector<float>& x) { return Tensor<float>(x.data(), {s.B, s.T, s.H, s.hd}); };
-  auto C4 = [&](const std::vector<float>& x) { return Tensor<const float>(x.data(), {s.B, s.T, s.H, s.hd}); };
-  ops::attention_forward<float>(host(), T4(ref), Tensor<float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k),
-                                C4(v));
-  Inputs in{std::vector<float>(n, 0.0f), std::vector<float>(n, 0.0f), std::vector<float>(n, 0.0f),
-            upload_bf16(q), upload_bf16(k), upload_bf16(v), upload_bf16(dout), poisoned<bf16>(n),
+  AttentionReference ref = attention_reference(s.B, s.T, s.H, s.hd);
+  const size_t n = ref.q.size();
+  Inputs in{std::move(ref.dq), std::move(ref.dk), std::move(ref.dv), upload_bf16(ref.q), upload_bf16(ref.k),
+            upload_bf16(ref.v), upload_bf16(ref.dout), poisoned<bf16>(n),
             poisoned<float>(size_t(ops::cuda_attention_cache_size(s.B, s.T, s.H)))};
-  ops::attention_backward<float>(host(), T4(in.rdq), T4(in.rdk), T4(in.rdv), C4(dout),
-                                 Tensor<const float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k), C4(v),
-                                 C4(ref));
   auto V4 = [&](DeviceBuffer<bf16>& x) { return x.view({s.B, s.T, s.H, s.hd}); };
   ops::attention_forward(ctx(), V4(in.out), in.cache.view({int64_t(in.cache.size())}), V4(in.q), V4(in.k), V4(in.v));
   return in;
@@ -256,7 +238,8 @@ TEST_CASE("wgmma flash attention backward (bwd_tma) with row stride 3C and RoPE 
 namespace {
 // The mma.sync single pass and bwd_tma (kernel + dq conversion each; D and the zeroed
 // accumulator are prepared once, not timed: repeated runs add into the accumulator, in either
-// layout, which changes nothing of the work).
+// layout, which changes nothing of the work, but leaves dq meaningless), and bwd_tma's dk and
+// dv (written, not added) against the mma.sync pass's at the same shape.
 template <int HD>
 void time_shape(int64_t B, int64_t T, int64_t H) {
   const int64_t n = B * T * H * HD, nl = B * H * T;
@@ -280,6 +263,7 @@ void time_shape(int64_t B, int64_t T, int64_t H) {
                           v.data(), B, T, H, nullptr, nullptr, C);
       },
       20);
+  const std::vector<float> mdk = download(dk), mdv = download(dv);
   const float tt = time_ms(
       [&] {
         WB::launch_bwd_tma<HD>(ctx(), dq.data(), acc.data(), dk.data(), dv.data(), dout.data(), lse, D, q.data(),
@@ -292,10 +276,13 @@ void time_shape(int64_t B, int64_t T, int64_t H) {
               "(%.0f TFLOP/s)\n",
               long(B), long(T), long(H), HD, double(tm), flop / (double(tm) * 1e9), double(tt),
               flop / (double(tt) * 1e9));
+  const std::vector<float> tdk = download(dk), tdv = download(dv);
+  CHECK_REL(tdk, mdk, kBf16);
+  CHECK_REL(tdv, mdv, kBf16);
 }
 }  // namespace
 
-TEST_CASE("wgmma flash attention backward: timing at the training shapes (printed)") {
+TEST_CASE("wgmma flash attention backward: timing at the training shapes (printed) and agreement with mma.sync") {
   time_shape<64>(16, 1024, 12);
   time_shape<128>(16, 1024, 16);
   time_shape<128>(16, 1024, 12);

@@ -43,7 +43,7 @@ namespace {
 // 1e-6 · bound instead of dividing by 0.
 constexpr double kZeroMs = 1e-12;
 
-#define CHECK_REL(name, a, b, bound)                                  \
+#define CHECK_REL_NAMED(name, a, b, bound)                                  \
   do {                                                                \
     const double e_ = rel_err(a, b, kZeroMs);                         \
     std::printf("  %-28s rel err %.3g (bound %.0e)\n", name, e_, bound); \
@@ -167,7 +167,7 @@ void check_codec(const char* name, int64_t N, int d, int vocab, bool one_gemm) {
     CHECK(first_diff(wire_gpu, want) == -1);  // the GPU's z, encoded by the CPU wire; guard intact
   }
   const std::vector<float> z_cpu(es.z.data(), es.z.data() + size_t(N) * R);
-  CHECK_REL("encoder z", z_gpu, z_cpu, 2e-2);
+  CHECK_REL_NAMED("encoder z", z_gpu, z_cpu, 2e-2);
   {
     std::vector<float> dq_gpu(size_t(N) * R), dq_cpu(size_t(N) * R);
     codec::wire_decode<FW>(std::span<const std::byte>(wire_gpu.data(), wbytes), N, R, dq_gpu.data());
@@ -175,7 +175,7 @@ void check_codec(const char* name, int64_t N, int d, int vocab, bool one_gemm) {
     size_t same = 0;
     for (size_t i = 0; i < wbytes; ++i) same += wire_gpu[i] == wire_cpu[i];
     std::printf("  wire bytes equal to the CPU's: %zu of %zu\n", same, wbytes);
-    CHECK_REL("encoder wire (decoded)", dq_gpu, dq_cpu, 2e-2);
+    CHECK_REL_NAMED("encoder wire (decoded)", dq_gpu, dq_cpu, 2e-2);
   }
 
   // ---- decoder forward, from the CPU's wire
@@ -193,9 +193,9 @@ void check_codec(const char* name, int64_t N, int d, int vocab, bool one_gemm) {
   {
     const auto y_gpu = download(gds.y, size_t(N) * R);
     const std::vector<float> y_cpu(ds.y.data(), ds.y.data() + size_t(N) * R);
-    CHECK_REL("decoder y (bf16)", y_gpu, y_cpu, 4e-3);
+    CHECK_REL_NAMED("decoder y (bf16)", y_gpu, y_cpu, 4e-3);
   }
-  CHECK_REL("decoder h'", download(hout_dev), hout_cpu, 1e-2);
+  CHECK_REL_NAMED("decoder h'", download(hout_dev), hout_cpu, 1e-2);
 
   // ---- decoder backward
   const auto dhout = randn(size_t(N) * size_t(d));
@@ -216,11 +216,11 @@ void check_codec(const char* name, int64_t N, int d, int vocab, bool one_gemm) {
     std::vector<float> dq_gpu(size_t(N) * R), dq_cpu(size_t(N) * R);
     codec::wire_decode<BW>(std::span<const std::byte>(gwire_gpu.data(), gbytes), N, R, dq_gpu.data());
     codec::wire_decode<BW>(gwire_cpu, N, R, dq_cpu.data());
-    CHECK_REL("decoder gradient wire (dec.)", dq_gpu, dq_cpu, 2e-2);
+    CHECK_REL_NAMED("decoder gradient wire (dec.)", dq_gpu, dq_cpu, 2e-2);
   }
   {
     const auto g = gdec.download_grads();
-    for (const ParamInfo& p : dec_a.infos()) CHECK_REL(p.name.c_str(), entry(g, p), entry(dec_a.grads(), p), 2e-2);
+    for (const ParamInfo& p : dec_a.infos()) CHECK_REL_NAMED(p.name.c_str(), entry(g, p), entry(dec_a.grads(), p), 2e-2);
   }
 
   // ---- encoder backward, from the CPU's gradient wire; the GPU writes dh (the CPU adds
@@ -232,9 +232,9 @@ void check_codec(const char* name, int64_t N, int d, int vocab, bool one_gemm) {
   genc.backward(ges, CudaTensor<const std::byte>(gwire_in.data(), {int64_t(gbytes)}), dh_dev.view({N, d}));
   genc.check(ges);
   {
-    CHECK_REL("encoder dh", download(dh_dev), dh_cpu, 2e-2);
+    CHECK_REL_NAMED("encoder dh", download(dh_dev), dh_cpu, 2e-2);
     const auto g = genc.download_grads();
-    for (const ParamInfo& p : enc_a.infos()) CHECK_REL(p.name.c_str(), entry(g, p), entry(enc_a.grads(), p), 2e-2);
+    for (const ParamInfo& p : enc_a.infos()) CHECK_REL_NAMED(p.name.c_str(), entry(g, p), entry(enc_a.grads(), p), 2e-2);
   }
 
   // ---- a non-finite input: the CPU encoder's Error, word for word
@@ -270,16 +270,16 @@ TEST_CASE("cuda silu forward and backward match the cpu op", "[cuda][codec]") {
       ops::silu_backward<bf16>(ctx(), dxb.view({N, F}), CudaTensor<const bf16>(dyb.data(), {N, F}),
                                CudaTensor<const bf16>(xb.data(), {N, F}));
       std::printf("silu N %lld F %lld\n", static_cast<long long>(N), static_cast<long long>(F));
-      CHECK_REL("silu bf16 forward", download(yb), y_ref, 4e-3);
-      CHECK_REL("silu bf16 backward", download(dxb), dx_ref, 4e-3);
+      CHECK_REL_NAMED("silu bf16 forward", download(yb), y_ref, 4e-3);
+      CHECK_REL_NAMED("silu bf16 backward", download(dxb), dx_ref, 4e-3);
       // fp32
       auto xf = upload(x), dyf = upload(dy);
       auto yf = poisoned<float>(n), dxf = poisoned<float>(n);
       ops::silu_forward<float>(ctx(), yf.view({N, F}), CudaTensor<const float>(xf.data(), {N, F}));
       ops::silu_backward<float>(ctx(), dxf.view({N, F}), CudaTensor<const float>(dyf.data(), {N, F}),
                                 CudaTensor<const float>(xf.data(), {N, F}));
-      CHECK_REL("silu fp32 forward", download(yf), y_ref, 2e-6);
-      CHECK_REL("silu fp32 backward", download(dxf), dx_ref, 2e-6);
+      CHECK_REL_NAMED("silu fp32 forward", download(yf), y_ref, 2e-6);
+      CHECK_REL_NAMED("silu fp32 backward", download(dxf), dx_ref, 2e-6);
     }
   }
 }

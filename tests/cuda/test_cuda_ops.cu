@@ -20,25 +20,6 @@
 using namespace resbm;
 using namespace resbm::test;
 
-namespace {
-
-// Below this mean square (inputs are unit normals: RMS 1e-4) a reference counts as zero: at
-// T = 1 the exact dq and dk are 0, the CPU's rounding leaves ~1e-8 and the GPU's fp32 ~5e-8
-// there, and a relative error against rounding noise says nothing about the kernel.
-constexpr double kNoise = 1e-8;
-
-#define CHECK_REL(out, ref, bound)                                                          \
-  do {                                                                                      \
-    const double e_ = rel_err(out, ref, kNoise);                                            \
-    std::printf("  %-46s rel err %.3e (bound %.0e)\n", #out, e_, double(bound));             \
-    CHECK(e_ < (bound));                                                                    \
-  } while (0)
-
-constexpr double kBf16 = 1e-2;  // outputs rounded to bf16 (unit roundoff 2^-9 ≈ 2e-3)
-constexpr double kF32 = 1e-5;   // fp32 outputs from bf16 inputs
-
-}  // namespace
-
 TEST_CASE("cuda matmul forward and backward match the CPU GEMM") {
   struct S {
     int64_t N, C, OC;
@@ -365,16 +346,10 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
   for (S s : {S{2, 64, 2, 64}, S{1, 200, 3, 64}, S{2, 77, 2, 32}, S{1, 130, 2, 128}, S{1, 1, 1, 64}, S{1, 1, 2, 32},
               S{1, 1, 2, 128}, S{1, 1024, 2, 64}, S{2, 333, 2, 128}, S{1, 17, 3, 32}, S{1, 1000, 2, 128}}) {
     const size_t n = size_t(s.B * s.T * s.H * s.hd);
-    auto q = randn(n), k = randn(n), v = randn(n), dout = randn(n);
-    std::vector<float> ref(n), cache(size_t(ops::attention_cache_size(s.B, s.T, s.H)));
+    const AttentionReference r = attention_reference(s.B, s.T, s.H, s.hd);
+    const std::vector<float>&q = r.q, &k = r.k, &v = r.v, &dout = r.dout, &ref = r.out, &rdq = r.dq, &rdk = r.dk,
+                             &rdv = r.dv;
     auto T4 = [&](std::vector<float>& x) { return Tensor<float>(x.data(), {s.B, s.T, s.H, s.hd}); };
-    auto C4 = [&](const std::vector<float>& x) { return Tensor<const float>(x.data(), {s.B, s.T, s.H, s.hd}); };
-    ops::attention_forward<float>(host(), T4(ref), Tensor<float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k),
-                                  C4(v));
-    std::vector<float> rdq(n, 0.0f), rdk(n, 0.0f), rdv(n, 0.0f);
-    ops::attention_backward<float>(host(), T4(rdq), T4(rdk), T4(rdv), C4(dout),
-                                   Tensor<const float>(cache.data(), {int64_t(cache.size())}), C4(q), C4(k), C4(v),
-                                   C4(ref));
     auto rlse = reference_lse(q, k, s.B, s.T, s.H, s.hd);
     ops::RopeTable<float> rope(s.T + 3, s.hd);
     ops::CudaRopeTable drope(rope);
@@ -416,13 +391,10 @@ TEST_CASE("cuda flash attention forward and backward match the CPU op") {
       ops::attention_backward(ctx(), G4(0), G4(1), G4(2), V4(d_dout), cache_view, V4(d_q), V4(d_k), V4(d_v),
                               V4(d_out), &drope, 3 * C);
       const auto all = download(g3);
-      std::vector<float> r_dq(n), r_dk(n), r_dv(n);
-      for (size_t row = 0; row < n / size_t(C); ++row)
-        for (size_t c = 0; c < size_t(C); ++c) {
-          r_dq[row * C + c] = all[row * 3 * C + c];
-          r_dk[row * C + c] = all[row * 3 * C + C + c];
-          r_dv[row * C + c] = all[row * 3 * C + 2 * C + c];
-        }
+      const size_t rows = n / size_t(C);
+      const auto r_dq = gradient(all, rows, size_t(C), 3 * size_t(C), size_t(C), 0);
+      const auto r_dk = gradient(all, rows, size_t(C), 3 * size_t(C), size_t(C), 1);
+      const auto r_dv = gradient(all, rows, size_t(C), 3 * size_t(C), size_t(C), 2);
       CHECK_REL(r_dq, rope_dq, 2 * kBf16);
       CHECK_REL(r_dk, rope_dk, 2 * kBf16);
       CHECK_REL(r_dv, rdv, kBf16);

@@ -110,7 +110,7 @@ __device__ __forceinline__ float silu_grad_f(float x) {
   return s * (1.0f + x * (1.0f - s));
 }
 
-// Encoder hidden layer, forward, where the fused encoder cannot take it (see encode_silu):
+// Encoder hidden layer, forward, where the fused encoder cannot take it (see SiluRows):
 // act = silu(rstd ⊙ P), P = h · w1gᵀ (kept: the backward reads it).
 template <int H>
 __global__ void enc_hidden_fwd(bf16* __restrict__ act, const bf16* __restrict__ pre, const float* __restrict__ rstd,
@@ -129,12 +129,13 @@ __global__ void enc_hidden_fwd(bf16* __restrict__ act, const bf16* __restrict__ 
 }
 
 // ---- the fused encoder with the hidden layer's rstd ⊙ and SiLU in its A-fragment loads ----
-// ops::fused_linear_encode's per-warp kernel (fused_linear_int8_warps, whose pieces it
-// reuses) reading P = h · w1gᵀ instead of act: each 16-byte A load of P becomes
-// silu(rstd ⊙ P) in registers before its mmas, so the separate SiLU pass (read P, write
-// pre and act) is gone. act is still stored from the same registers, since the backward's
-// d fc2 GEMM reads it; the backward recomputes rstd ⊙ P from P. act is the bf16 rounding
-// of the same fp32 values the separate pass wrote, bit for bit.
+// ops::fused_linear_encode's per-warp kernel given this row transform reads P = h · w1gᵀ
+// instead of act: each 16-byte A load of P becomes silu(rstd ⊙ P) in registers before its
+// mmas, so the separate SiLU pass (read P, write act) is gone. act is still stored from the
+// same registers, since the backward's d fc2 GEMM reads it; the backward recomputes rstd ⊙ P
+// from P. act is the bf16 rounding of the same fp32 values the separate pass wrote, bit for
+// bit. Only where 16 tokens hold whole groups of the wire (ops::fused_per_warp: Int8Grouped<16>,
+// the presets' wire, and Int8PerToken); elsewhere enc_hidden_fwd, then the plain fused encoder.
 __device__ __forceinline__ uint32_t silu2(uint32_t u, float sc) {
   const __nv_bfloat162 h =
       __floats2bfloat162_rn(silu_f(__uint_as_float(u << 16) * sc), silu_f(__uint_as_float(u & 0xffff0000u) * sc));
@@ -144,118 +145,31 @@ __device__ __forceinline__ uint4 silu8(uint4 v, float sc) {
   return make_uint4(silu2(v.x, sc), silu2(v.y, sc), silu2(v.z, sc), silu2(v.w, sc));
 }
 
-// rstd of rows row0 and row0 + 8 (0 past N: those rows' A fragments are zeros).
-__device__ __forceinline__ void load_rstd(const ops::cuda_detail_wire::FusedArgs& p, const float* __restrict__ rstd,
-                                          int64_t row0, float& s0, float& s1) {
-  s0 = row0 < p.N ? __ldg(rstd + row0) : 0.0f;
-  s1 = row0 + 8 < p.N ? __ldg(rstd + row0 + 8) : 0.0f;
-}
-
-// The A fragments of P loaded by load_a (k in [kc, kc + 256)) turned into silu(rstd ⊙ P),
-// in place, and stored into act (rows below N).
-__device__ __forceinline__ void silu_a(const ops::cuda_detail_wire::FusedArgs& p, bf16* __restrict__ act,
-                                       int64_t row0, int kc, int t, float s0, float s1, uint4 (&a0)[8],
-                                       uint4 (&a1)[8]) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    if (kc + 32 * j >= p.H) break;
-    const int k = kc + 32 * j + 8 * t;
-    a0[j] = silu8(a0[j], s0);
-    a1[j] = silu8(a1[j], s1);
-    if (row0 < p.N) *reinterpret_cast<uint4*>(act + row0 * p.H + k) = a0[j];
-    if (row0 + 8 < p.N) *reinterpret_cast<uint4*>(act + (row0 + 8) * p.H + k) = a1[j];
-  }
-}
-
-template <int NT, bool kWShared>
-__global__ void __launch_bounds__(ops::cuda_detail_wire::kFusedThreads, NT == 8 ? 3 : 4)
-    enc_silu_encode_warps(ops::cuda_detail_wire::FusedArgs p, const float* __restrict__ rstd, bf16* __restrict__ act) {
-  using namespace ops::cuda_detail_wire;
-  extern __shared__ float4 rb_smem4[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  float* zw = reinterpret_cast<float*>(rb_smem4) + warp * 16 * p.r;
-  bf16* ws = reinterpret_cast<bf16*>(reinterpret_cast<float*>(rb_smem4) + kFusedWarps * 16 * p.r);
-  if constexpr (kWShared) stage_w<NT>(p, ws);
-  const int64_t units = (p.N + 15) / 16, n = p.N * p.r;
-  const int64_t stride = int64_t(gridDim.x) * kFusedWarps;
-  int64_t u = int64_t(blockIdx.x) * kFusedWarps + warp;
-  uint4 a0[8], a1[8];
-  uint32_t rv[NT][2];
-  float s0, s1;
-  load_a(p, u * 16 + g, 0, t, a0, a1);  // in flight while W arrives
-  load_resid<NT>(p, u * 16 + g, t, rv);
-  load_rstd(p, rstd, u * 16 + g, s0, s1);
-  if constexpr (kWShared) {
-    asm volatile("cp.async.wait_group 0;\n" ::);
-    __syncthreads();  // every thread passes here once, before any unit
-  }
-  for (bool first = true; u < units; u += stride) {
-    const int64_t row0 = u * 16 + g;
-    float acc[NT][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-    for (int kc = 0; kc < p.H; kc += 256) {
-      if (!first || kc > 0) load_a(p, row0, kc, t, a0, a1);
-      if (!first && kc == 0) {
-        load_resid<NT>(p, row0, t, rv);
-        load_rstd(p, rstd, row0, s0, s1);
-      }
-      silu_a(p, act, row0, kc, t, s0, s1, a0, a1);
-      mma_chunk<NT, kWShared>(p, ws, kc, g, t, a0, a1, acc);
-    }
-    first = false;
-    store_z<NT>(p, acc, rv, row0, zw, 0, g, t);
-    __syncwarp();
-    quantize_span(p, zw, 16 * p.r, u * 16 * p.r, n, lane, 32);
-    __syncwarp();  // zw is rewritten by the next unit
-  }
-}
-
-// z = silu(rstd ⊙ P) · w2ᵀ (+ resid[:, :r]) -> W's wire, act [N, H] written on the way,
-// as ops::fused_linear_encode(act, ...) would give after a separate SiLU pass. Only where
-// 16 tokens hold whole groups of W (its per-warp kernel: Int8Grouped<16>, the presets'
-// wire, and Int8PerToken); returns false, launching nothing, otherwise.
-template <class W>
-bool encode_silu(CudaContext& ctx, ops::CudaWireStatus& status, const bf16* P, const float* rstd, bf16* act,
-                 int64_t N, int H, int r, const bf16* w2, const bf16* resid, int64_t ld_resid,
-                 CudaTensor<std::byte> wire, CudaTensor<float> z_out) {
-  using namespace ops::cuda_detail_wire;
-  const int64_t group = Int8Groups<W>::group(N, r), ngroups = Int8Groups<W>::count(N, r);
-  if ((16 * int64_t(r)) % group != 0) return false;
-  if (z_out.data) expect_shape(z_out, {N, int64_t(r)}, "fused encoder output z");
-  check_wire_buffer(W::name, wire.data, wire.numel(), W::bytes(N, r), "wire buffer");
-  unsigned long long* bad = status.arm(W::name, r, false);
-  if (N == 0) return true;
-  const FusedArgs p{P, N, H, r, w2, resid, ld_resid, group, lanes_shift(group, 4),
-                    reinterpret_cast<float*>(wire.data), reinterpret_cast<uint8_t*>(wire.data) + 4 * ngroups,
-                    z_out.data, bad};
-  auto launch = [&]<int NT>() {
-    const size_t z_bytes = size_t(kFusedWarps * 16 * r) * sizeof(float);
-    const size_t w_bytes = size_t(NT * 8) * size_t(fused_w_pitch(H)) * sizeof(bf16);
-    const bool shared_w = z_bytes + w_bytes <= kFusedMaxSmem;
-    const size_t smem = shared_w ? z_bytes + w_bytes : z_bytes;
-    auto go = [&](auto kernel) {
-      if (smem > (size_t(48) << 10))
-        RESBM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-      int per_sm = 0;
-      RESBM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFusedThreads, smem));
-      const int64_t resident = int64_t(std::max(per_sm, 1)) * ctx.props.multiProcessorCount;
-      const int64_t work = (N + 16 * kFusedWarps - 1) / (16 * kFusedWarps);
-      kernel<<<unsigned(std::min(work, resident)), kFusedThreads, smem, ctx.stream>>>(p, rstd, act);
-    };
-    shared_w ? go(enc_silu_encode_warps<NT, true>) : go(enc_silu_encode_warps<NT, false>);
+struct SiluRows {
+  const float* __restrict__ rstd;
+  bf16* __restrict__ act;
+  struct Row {
+    float s0, s1;  // rstd of rows row0 and row0 + 8 (0 past N: those rows' A fragments are zeros)
   };
-  if (r <= 8)
-    launch.template operator()<1>();
-  else if (r <= 16)
-    launch.template operator()<2>();
-  else if (r <= 32)
-    launch.template operator()<4>();
-  else
-    launch.template operator()<8>();
-  RESBM_CUDA_LAUNCH_CHECK();
-  return true;
-}
+  __device__ __forceinline__ void load(const ops::cuda_detail_wire::FusedArgs& p, int64_t row0, Row& r) const {
+    r.s0 = row0 < p.N ? __ldg(rstd + row0) : 0.0f;
+    r.s1 = row0 + 8 < p.N ? __ldg(rstd + row0 + 8) : 0.0f;
+  }
+  // The fragments of P for k in [kc, kc + 256) turned into silu(rstd ⊙ P), in place, and
+  // stored into act (rows below N).
+  __device__ __forceinline__ void apply(const ops::cuda_detail_wire::FusedArgs& p, int64_t row0, int kc, int t,
+                                        const Row& r, uint4 (&a0)[8], uint4 (&a1)[8]) const {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (kc + 32 * j >= p.H) break;
+      const int k = kc + 32 * j + 8 * t;
+      a0[j] = silu8(a0[j], r.s0);
+      a1[j] = silu8(a1[j], r.s1);
+      if (row0 < p.N) *reinterpret_cast<uint4*>(act + row0 * p.H + k) = a0[j];
+      if (row0 + 8 < p.N) *reinterpret_cast<uint4*>(act + (row0 + 8) * p.H + k) = a1[j];
+    }
+  }
+};
 
 // Encoder hidden layer, backward, a warp per row, from the code gradient dz [N, R] (K = R is
 // too narrow for a GEMM to pay): dact = dz · fc2 (fp32), dpre = dact · silu'(rstd ⊙ P),
@@ -770,17 +684,18 @@ struct CudaResidualBottleneck<ResidualBottleneck<Rank, Mlp<H, silu>, IdentityPat
         RESBM_CUDA_LAUNCH_CHECK();
         ops::matmul_forward<bf16>(ctx, pre, h, cview(w1g_.data(), {H, d}));
       }
-      const bf16* resid = truncate ? h.data : nullptr;
-      if (encode_silu<FwdWire>(ctx, s.fwd_status, pre.data, s.rstd.data(), act.data, N, H, r, this->w(w2_).data, resid,
-                               d, wire, z_out))
+      const CudaTensor<const bf16> resid = truncate ? h : CudaTensor<const bf16>{};
+      if (ops::fused_per_warp<FwdWire>(N, r)) {
+        ops::fused_linear_encode<FwdWire>(ctx, s.fwd_status, pre, this->w(w2_), resid, wire, z_out,
+                                          SiluRows{s.rstd.data(), act.data});
         return;
+      }
       if (N > 0) {
         enc_hidden_fwd<H><<<cuda_detail::grid_for(N * H / 8, 256), 256, 0, ctx.stream>>>(act.data, pre.data,
                                                                                         s.rstd.data(), N);
         RESBM_CUDA_LAUNCH_CHECK();
       }
-      ops::fused_linear_encode<FwdWire>(ctx, s.fwd_status, act, this->w(w2_), truncate ? h : CudaTensor<const bf16>{},
-                                        wire, z_out);
+      ops::fused_linear_encode<FwdWire>(ctx, s.fwd_status, act, this->w(w2_), resid, wire, z_out);
     }
 
     // grad_wire (device, BwdWire bytes of dL/dz) -> dh [N, d] (WRITTEN, not added: the

@@ -363,17 +363,43 @@ __device__ __forceinline__ float2 softmax_p(float (&s)[NT][4], float (&mx)[2], f
   return make_float2(c0, c1);
 }
 
-// softmax_p, then the rows of acc (16 × HD, C fragments) scaled by the returned factors.
-template <int HD, int NT = kBN / 8, bool FOLD = false>
-__device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&acc)[HD / 8][4], float (&mx)[2], float (&sum)[2],
-                                             int k0, int r0, float sl2) {
-  const float2 c = softmax_p<NT, FOLD>(s, mx, sum, k0, r0, sl2);
+// The thread's two rows of acc (16 × 8·ND, C fragments) scaled by c.x (row g) and c.y (g + 8).
+template <int ND>
+__device__ __forceinline__ void scale_rows(float (&acc)[ND][4], float2 c) {
 #pragma unroll
-  for (int d = 0; d < HD / 8; ++d) {
+  for (int d = 0; d < ND; ++d) {
     acc[d][0] *= c.x;
     acc[d][1] *= c.x;
     acc[d][2] *= c.y;
     acc[d][3] *= c.y;
+  }
+}
+
+// softmax_p, then the rows of acc (16 × HD, C fragments) scaled by the returned factors.
+template <int HD, int NT = kBN / 8, bool FOLD = false>
+__device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&acc)[HD / 8][4], float (&mx)[2], float (&sum)[2],
+                                             int k0, int r0, float sl2) {
+  scale_rows(acc, softmax_p<NT, FOLD>(s, mx, sum, k0, r0, sl2));
+}
+
+// The forwards' epilogue for the 16 rows from r0: row sums reduced over the quad, out (rows
+// scaled by 1/l, row stride C) and lse (natural log, lse[row]) stored; rows past T (the only
+// ones that can have l = 0) are not.
+template <int HD>
+__device__ __forceinline__ void finish_rows(bf16* out, float* lse, int64_t C, int r0, int T,
+                                            const float (&acc)[HD / 8][4], const float (&mx)[2],
+                                            const float (&sum)[2]) {
+  const int l = int(threadIdx.x) % 32, g = l / 4, t = l % 4;
+  float l0 = sum[0], l1 = sum[1];
+#pragma unroll
+  for (int o = 1; o < 4; o <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, o);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, o);
+  }
+  store_rows<HD>(out, C, r0, T, acc, 1.0f / l0, 1.0f / l1);
+  if (t == 0) {
+    if (r0 + g < T) lse[r0 + g] = (mx[0] + log2f(l0)) / kLog2e;
+    if (r0 + g + 8 < T) lse[r0 + g + 8] = (mx[1] + log2f(l1)) / kLog2e;
   }
 }
 
@@ -387,7 +413,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);
   bf16* Ks = Qs + BM * P;  // [2][kBN][P]
   bf16* Vs = Ks + 2 * kBN * P;
-  const int warp = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, t = l % 4;
+  const int warp = threadIdx.x / 32;
   const int bh = blockIdx.y, b = bh / H, h = bh % H;
   const int64_t C = int64_t(H) * HD;
   const int64_t base = int64_t(b) * T * C + int64_t(h) * HD;
@@ -435,20 +461,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the buffer is refilled two iterations later
   }
 #pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    float l0 = sum[m][0], l1 = sum[m][1];
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-      l0 += __shfl_xor_sync(0xffffffffu, l0, o);
-      l1 += __shfl_xor_sync(0xffffffffu, l1, o);
-    }
-    const int r0 = w0 + 16 * m;
-    store_rows<HD>(out + base, C, r0, T, acc[m], 1.0f / l0, 1.0f / l1);
-    if (t == 0) {
-      if (r0 + g < T) lse[int64_t(bh) * T + r0 + g] = (mx[m][0] + log2f(l0)) / kLog2e;
-      if (r0 + g + 8 < T) lse[int64_t(bh) * T + r0 + g + 8] = (mx[m][1] + log2f(l1)) / kLog2e;
-    }
-  }
+  for (int m = 0; m < MT; ++m)
+    finish_rows<HD>(out + base, lse + int64_t(bh) * T, C, w0 + 16 * m, T, acc[m], mx[m], sum[m]);
 }
 
 // dq = scale · Σ_j dS_ij k_j, dS = P ⊙ (dP − D), dP = dout · vᵀ; per query tile.
@@ -667,16 +681,14 @@ constexpr size_t dkdv_smem() {
 }
 
 // Where the fp32 dq accumulator keeps row (b, t, h) and its HD columns:
-//  - kTokenMajor [B, T, H, HD] (the mma.sync single pass and the wgmma backward bwd add per
-//    thread at any row);
-//  - kHeadMajor [B, H, T, HD] (a whole query tile of one head is contiguous there, so one bulk
-//    reduction adds it);
-//  - kHeadMajorSw: head-major with the 8-float chunks of each row swizzled: logical chunk c of
+//  - kTokenMajor [B, T, H, HD] (the mma.sync single pass adds per thread at any row);
+//  - kHeadMajorSw [B, H, T, HD] (a whole query tile of one head is contiguous there, so one
+//    bulk reduction adds it) with the 8-float chunks of each row swizzled: logical chunk c of
 //    position t sits at chunk c ^ ((t >> 1) & 3). bwd_tma's dQ staging tile has this layout, so
 //    that its warps' stores into it are free of bank conflicts (see attention_wgmma_bwd.cuh);
 //    only whole rows are permuted, so the valid rows of a last, partial query tile stay one
 //    contiguous prefix.
-enum class DqLayout { kTokenMajor, kHeadMajor, kHeadMajorSw };
+enum class DqLayout { kTokenMajor, kHeadMajorSw };
 
 // The accumulator row r (in L's order) as (token b·T + t, head h, position t).
 template <DqLayout L>
@@ -775,6 +787,12 @@ void launch_dq_convert(CudaContext& ctx, bf16* dq, const float* acc, int64_t B, 
 template <class K>
 void allow_smem(K* kernel, size_t bytes) {
   RESBM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+// allow_smem, once per process for each kernel.
+template <auto Kernel>
+void allow_smem_once(size_t bytes) {
+  static const bool done = (allow_smem(Kernel, bytes), true);
+  (void)done;
 }
 // Opts each kernel in to more than 48 KiB of dynamic shared memory, once per process.
 template <int HD>

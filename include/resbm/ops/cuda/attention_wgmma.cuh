@@ -27,7 +27,7 @@
 // warpgroup issues S(j) = Q·K(j)ᵀ, then O += P(j−1)·V(j−1) (P carried from the previous step as
 // packed bf16), waits for S(j) only (wait_group 1), runs the softmax of tile j while the P·V
 // product is still in flight, then waits for it (wait_group 0), rescales O by the new max and
-// packs P(j); finish writes the rows (store_rows) and lse. What the hardware does for it:
+// packs P(j); finish_rows writes the rows and lse. What the hardware does for it:
 //   loads   TMA (cp.async.bulk.tensor.4d) from tensor maps built on the host, q, k, v each
 //           viewed as (hd, H, T, B) so that rows past T read as zeros; Q once (128 rows),
 //           then K and V tiles of BN keys into a ring of tma_stages() stages (2 to 8: as
@@ -77,14 +77,14 @@
 // the stride byte offset (SBO) the step along M/N, for both majors in the interleave layout
 // (CUTLASS: K-major ((8,m),(T,2k)):((1T,SBO),(1,LBO)), MN-major
 // ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8 bf16 = 16 bytes). Hence
-//   K-major (K along a row, desc_k):        LBO = 128 (next chunk), SBO = W·16 (next 8 rows)
-//   MN-major (K = the rows, desc_mn):       LBO = W·16 (next 8 rows), SBO = 128 (next 8 columns)
+//   K-major (K along a row; the test's desc_k): LBO = 128 (next chunk), SBO = W·16 (next 8 rows)
+//   MN-major (K = the rows, desc_mn):          LBO = W·16 (next 8 rows), SBO = 128 (next 8 columns)
 // and a k-step of 16 moves the start address by 2 chunks (256 bytes) for a K-major operand, by
 // 16 rows (2·W·16 bytes) for an MN-major one.
 //
-// Ordering: cp.async writes shared memory through the generic proxy and wgmma reads it through
-// the async proxy, so every thread runs fence.proxy.async after its copies landed and before
-// the barrier that precedes the wgmma reads (the backward's dSᵀ stores likewise). wgmma.fence
+// Ordering: ordinary stores (the backward's dSᵀ tile, the tests' cp.async) write shared memory
+// through the generic proxy and wgmma reads it through the async proxy, so every writing
+// thread runs fence.proxy.async before the barrier that precedes the wgmma reads. wgmma.fence
 // precedes each batch of wgmma whose register operands (accumulators, A) were touched by
 // ordinary instructions; a wgmma.wait_group follows each batch within the same branch (a wgmma
 // in flight across a branch makes ptxas serialise every wgmma of the kernel, warning C7520),
@@ -133,11 +133,6 @@ __host__ __device__ constexpr uint64_t make_desc(uint32_t smem_addr, uint32_t lb
   return uint64_t((smem_addr >> 4) & 0x3FFFu) | (uint64_t((lbo >> 4) & 0x3FFFu) << 16) |
          (uint64_t((sbo >> 4) & 0x3FFFu) << 32);
 }
-// K-major operand (A = Q, B = K): rows are M or N, each row W elements of K.
-template <int W>
-__host__ __device__ constexpr uint64_t desc_k(uint32_t smem_addr) {
-  return make_desc(smem_addr, 128, W * 16);
-}
 // MN-major B operand (V): rows are K (keys), each row W elements of N (hd).
 template <int W>
 __host__ __device__ constexpr uint64_t desc_mn(uint32_t smem_addr) {
@@ -184,6 +179,8 @@ __device__ __forceinline__ void fence_regs(float (&d)[NT][4]) {
 #define RESBM_WG_ACC32(c) RESBM_WG_ACC8(c, 0), RESBM_WG_ACC8(c, 2), RESBM_WG_ACC8(c, 4), RESBM_WG_ACC8(c, 6)
 #define RESBM_WG_ACC64(c) \
   RESBM_WG_ACC32(c), RESBM_WG_ACC8(c, 8), RESBM_WG_ACC8(c, 10), RESBM_WG_ACC8(c, 12), RESBM_WG_ACC8(c, 14)
+#define RESBM_WG_ACC16(c) RESBM_WG_ACC8(c, 0), RESBM_WG_ACC8(c, 2)
+#define RESBM_WG_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define RESBM_WG_REGS32                                                          \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "      \
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -255,14 +252,41 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
 #endif
 }
 
+// d (64 × N) = [ACC: d +] A · B with A (64 × 16) and B (16 × N) both from MN-major descriptors
+// (imm-trans-a = imm-trans-b = 1): the backward's dQᵀ product. N ∈ {32, 64, 128}.
+// SHAPE, REGS, the operand numbers of the two descriptors and the scale-d flag, the constraint.
+#define RESBM_WG_SS_TT(SHAPE, REGS, NA, NB, NS, ACCS, CONS, SCALE)                                \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #NS ", 0;\n"                                   \
+               "wgmma.mma_async.sync.aligned." SHAPE ".f32.bf16.bf16 " REGS ", %" #NA ", %" #NB  \
+               ", p, 1, 1, 1, 1;\n}\n"                                                             \
+               : ACCS(CONS)                                                                        \
+               : "l"(da), "l"(db), "r"(SCALE))
+template <int N, bool ACC>
+__device__ __forceinline__ void wgmma_ss_tt(float (&d)[N / 8][4], uint64_t da, uint64_t db) {
+  static_assert(N == 32 || N == 64 || N == 128, "m64n32k16, m64n64k16 or m64n128k16");
+#if RESBM_ATTN_WGMMA
+  if constexpr (N == 32 && ACC) RESBM_WG_SS_TT("m64n32k16", RESBM_WG_REGS16, 16, 17, 18, RESBM_WG_ACC16, "+f", 1);
+  else if constexpr (N == 32) RESBM_WG_SS_TT("m64n32k16", RESBM_WG_REGS16, 16, 17, 18, RESBM_WG_ACC16, "=f", 0);
+  else if constexpr (N == 64 && ACC) RESBM_WG_SS_TT("m64n64k16", RESBM_WG_REGS32, 32, 33, 34, RESBM_WG_ACC32, "+f", 1);
+  else if constexpr (N == 64) RESBM_WG_SS_TT("m64n64k16", RESBM_WG_REGS32, 32, 33, 34, RESBM_WG_ACC32, "=f", 0);
+  else if constexpr (ACC) RESBM_WG_SS_TT("m64n128k16", RESBM_WG_REGS64, 64, 65, 66, RESBM_WG_ACC64, "+f", 1);
+  else RESBM_WG_SS_TT("m64n128k16", RESBM_WG_REGS64, 64, 65, 66, RESBM_WG_ACC64, "=f", 0);
+#else
+  (void)d, (void)da, (void)db;
+#endif
+}
+
+#undef RESBM_WG_SS_TT
 #undef RESBM_WG_ACC8
+#undef RESBM_WG_ACC16
+#undef RESBM_WG_REGS16
 #undef RESBM_WG_ACC32
 #undef RESBM_WG_ACC64
 #undef RESBM_WG_REGS32
 #undef RESBM_WG_REGS64
 
 // ---------------------------------------------------------------------------------------------
-// Register operands and the epilogue
+// Register operands
 
 // The register-A k-steps of P (64 × BN in the accumulator layout, rounded to bf16).
 template <int BN>
@@ -283,25 +307,6 @@ __device__ __forceinline__ void fence_regs(uint32_t (&a)[KS][4]) {
   for (int n = 0; n < KS; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[n][e])::"memory");
-}
-
-// Row sums reduced over the quad, out (rows w0.., scaled by 1/l) and lse (natural log) stored;
-// rows past T (the only ones that can have l = 0) are not.
-template <int HD>
-__device__ __forceinline__ void finish(bf16* out, float* lse, int64_t C, int w0, int T, const float (&o)[HD / 8][4],
-                                       const float (&mx)[2], const float (&sum)[2]) {
-  const int l = int(threadIdx.x) % 32, g = l / 4, t = l % 4;
-  float l0 = sum[0], l1 = sum[1];
-#pragma unroll
-  for (int off = 1; off < 4; off <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-  }
-  cuda_detail_attn_mma::store_rows<HD>(out, C, w0, T, o, 1.0f / l0, 1.0f / l1);
-  if (t == 0) {
-    if (w0 + g < T) lse[w0 + g] = (mx[0] + log2f(l0)) / kLog2e;
-    if (w0 + g + 8 < T) lse[w0 + g + 8] = (mx[1] + log2f(l1)) / kLog2e;
-  }
 }
 
 // =============================================================================================
@@ -612,13 +617,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
         fence_regs(p);
         fence_regs(s);
         mbar_arrive_if(empty_v(vs), lane0);  // V(j-1) too
-#pragma unroll
-        for (int d = 0; d < HD / 8; ++d) {
-          o[d][0] *= c.x;
-          o[d][1] *= c.x;
-          o[d][2] *= c.y;
-          o[d][3] *= c.y;
-        }
+        cuda_detail_attn_mma::scale_rows(o, c);
         pack_p<BN>(p, s);
         if (++ks == S) ks = 0, kph ^= 1u;
         if (++vs == S) vs = 0, vph ^= 1u;
@@ -647,7 +646,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
       if (++ks == S) ks = 0, kph ^= 1u;
       if (++vs == S) vs = 0, vph ^= 1u;
     }
-    finish<HD>(out + int64_t(b) * T * C + int64_t(h) * HD, lse + int64_t(bh) * T, C, w0, T, o, mx, sum);
+    cuda_detail_attn_mma::finish_rows<HD>(out + int64_t(b) * T * C + int64_t(h) * HD, lse + int64_t(bh) * T, C, w0,
+                                          T, o, mx, sum);
   }
 #elif defined(__CUDA_ARCH__)
   (void)tq, (void)tk, (void)tv, (void)out, (void)lse, (void)T, (void)H;
@@ -665,7 +665,7 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
     cudaDriverEntryPointQueryResult found{};
     RESBM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
     RESBM_CHECK(found == cudaDriverEntryPointSuccess && f != nullptr, "cuTensorMapEncodeTiled is not in the driver",
-                "a driver of CUDA 12.0 or newer");
+                "install an NVIDIA driver of CUDA 12.0 or newer, or set ops::cuda_attention_wgmma = false");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
   }();
   return fn;
@@ -691,16 +691,6 @@ CUtensorMap tensor_map(const bf16* x, int64_t B, int64_t T, int64_t H, int rows)
   return m;
 }
 
-// Opts fwd_tma in to its dynamic shared memory, once per process.
-template <int HD, int BN>
-void configure_tma() {
-  static const bool done = [] {
-    cuda_detail_attn_mma::allow_smem(fwd_tma<HD, BN>, tma_smem<HD, BN>());
-    return true;
-  }();
-  (void)done;
-}
-
 // fwd_tma with BN-key tiles (64 or 128). The three tensor maps are encoded on the host each
 // launch (host work only, about a microsecond each) and travel as kernel parameters.
 template <int HD, int BN>
@@ -708,9 +698,10 @@ void launch_fwd_tma_bn(CudaContext& ctx, bf16* out, float* lse, const bf16* q, c
                        int64_t B, int64_t T, int64_t H) {
   if (B * T * H == 0) return;
   const int64_t tiles = (T + kBM - 1) / kBM;
-  RESBM_CHECK(tiles <= 65535 && B * H <= 0x7fffffff, cat("attention forward: T ", T, ", B·H ", B * H, " too large"),
-              "split the batch");
-  configure_tma<HD, BN>();
+  RESBM_CHECK(tiles <= 65535, cat("attention forward: T ", T, " is ", tiles, " query tiles of ", kBM, ", above 65535"),
+              cat("use sequences of at most ", 65535 * kBM, " tokens"));
+  RESBM_CHECK(B * H <= 0x7fffffff, cat("attention forward: B·H ", B * H, " is above 2^31 - 1"), "split the batch");
+  cuda_detail_attn_mma::allow_smem_once<fwd_tma<HD, BN>>(tma_smem<HD, BN>());
   const CUtensorMap tq = tensor_map<HD>(q, B, T, H, kBM), tk = tensor_map<HD>(k, B, T, H, BN),
                     tv = tensor_map<HD>(v, B, T, H, BN);
   const dim3 grid(unsigned(B * H), unsigned(tiles));

@@ -27,7 +27,7 @@
 // block starts before any head's second one.
 //   warpgroup 0, the producer (setmaxnreg down to 24):
 //     warp 0: one thread loads K and V of the block's 128 keys once (full_kv), then per query
-//       tile j (i0 = j0 + 64j, < T) into stage j % S of a ring (S = tma_bwd_stages: 4 at hd
+//       tile j (i0 = j0 + 64j, < T) into stage j % S of a ring (S = TmaBwdSmem::S: 4 at hd
 //       64, 2 at hd 128), after the stage's empty barrier says its previous use is read: Q
 //       (full_q) and dout (full_g);
 //     warp 1, the dQ writer: per tile waits for the staged dQ (named barrier kBarDqFull + j % 2),
@@ -123,6 +123,7 @@ using cuda_detail_attn_wgmma::fence_regs;
 using cuda_detail_attn_wgmma::tile_offset;
 using cuda_detail_attn_wgmma::wg_commit;
 using cuda_detail_attn_wgmma::wg_wait;
+using cuda_detail_attn_wgmma::wgmma_ss_tt;
 
 constexpr int kWarpgroups = 2;         // consumer warpgroups
 constexpr int kBK = 64 * kWarpgroups;  // keys per block
@@ -134,58 +135,6 @@ __device__ __forceinline__ uint32_t opaque(uint32_t x) {
   asm volatile("" : "+r"(x));
   return x;
 }
-
-// ---------------------------------------------------------------------------------------------
-// d (64 × N) = [ACC: d +] A · B with A (64 × 16) and B (16 × N) both from MN-major descriptors
-// (imm-trans-a = imm-trans-b = 1): the dQ product. N ∈ {32, 64, 128}.
-
-#define RESBM_WGB_ACC4(c, n) c(d[n][0]), c(d[n][1]), c(d[n][2]), c(d[n][3])
-#define RESBM_WGB_ACC16(c) RESBM_WGB_ACC4(c, 0), RESBM_WGB_ACC4(c, 1), RESBM_WGB_ACC4(c, 2), RESBM_WGB_ACC4(c, 3)
-#define RESBM_WGB_ACC32(c)                                                                                 \
-  RESBM_WGB_ACC16(c), RESBM_WGB_ACC4(c, 4), RESBM_WGB_ACC4(c, 5), RESBM_WGB_ACC4(c, 6), RESBM_WGB_ACC4(c, 7)
-#define RESBM_WGB_ACC64(c)                                                                                   \
-  RESBM_WGB_ACC32(c), RESBM_WGB_ACC4(c, 8), RESBM_WGB_ACC4(c, 9), RESBM_WGB_ACC4(c, 10), RESBM_WGB_ACC4(c, 11), \
-      RESBM_WGB_ACC4(c, 12), RESBM_WGB_ACC4(c, 13), RESBM_WGB_ACC4(c, 14), RESBM_WGB_ACC4(c, 15)
-#define RESBM_WGB_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
-#define RESBM_WGB_REGS32                                                    \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define RESBM_WGB_REGS64                                                                \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "             \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "    \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "    \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-// SHAPE, REGS, the operand numbers of the two descriptors and the scale-d flag, the constraint.
-#define RESBM_WGB_SS_TT(SHAPE, REGS, NA, NB, NS, ACCS, CONS, SCALE)                               \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #NS ", 0;\n"                                  \
-               "wgmma.mma_async.sync.aligned." SHAPE ".f32.bf16.bf16 " REGS ", %" #NA ", %" #NB \
-               ", p, 1, 1, 1, 1;\n}\n"                                                            \
-               : ACCS(CONS)                                                                       \
-               : "l"(da), "l"(db), "r"(SCALE))
-
-template <int N, bool ACC>
-__device__ __forceinline__ void wgmma_ss_tt(float (&d)[N / 8][4], uint64_t da, uint64_t db) {
-  static_assert(N == 32 || N == 64 || N == 128, "m64n32k16, m64n64k16 or m64n128k16");
-#if RESBM_ATTN_WGMMA
-  if constexpr (N == 32 && ACC) RESBM_WGB_SS_TT("m64n32k16", RESBM_WGB_REGS16, 16, 17, 18, RESBM_WGB_ACC16, "+f", 1);
-  else if constexpr (N == 32) RESBM_WGB_SS_TT("m64n32k16", RESBM_WGB_REGS16, 16, 17, 18, RESBM_WGB_ACC16, "=f", 0);
-  else if constexpr (N == 64 && ACC) RESBM_WGB_SS_TT("m64n64k16", RESBM_WGB_REGS32, 32, 33, 34, RESBM_WGB_ACC32, "+f", 1);
-  else if constexpr (N == 64) RESBM_WGB_SS_TT("m64n64k16", RESBM_WGB_REGS32, 32, 33, 34, RESBM_WGB_ACC32, "=f", 0);
-  else if constexpr (ACC) RESBM_WGB_SS_TT("m64n128k16", RESBM_WGB_REGS64, 64, 65, 66, RESBM_WGB_ACC64, "+f", 1);
-  else RESBM_WGB_SS_TT("m64n128k16", RESBM_WGB_REGS64, 64, 65, 66, RESBM_WGB_ACC64, "=f", 0);
-#else
-  (void)d, (void)da, (void)db;
-#endif
-}
-
-#undef RESBM_WGB_SS_TT
-#undef RESBM_WGB_ACC4
-#undef RESBM_WGB_ACC16
-#undef RESBM_WGB_ACC32
-#undef RESBM_WGB_ACC64
-#undef RESBM_WGB_REGS16
-#undef RESBM_WGB_REGS32
-#undef RESBM_WGB_REGS64
 
 // ---------------------------------------------------------------------------------------------
 // Barriers, bulk reductions and the shared memory of bwd_tma
@@ -246,10 +195,6 @@ struct TmaBwdSmem {
   static_assert(kBytes <= cuda_detail_attn_wgmma::kSmemLimit, "shared memory");
   static_assert(q % 1024 == 0 && g % 1024 == 0 && lse % 128 == 0 && kTileQ % 1024 == 0, "TMA destinations aligned");
 };
-template <int HD>
-constexpr int tma_bwd_stages() {
-  return TmaBwdSmem<HD>::S;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The consumers' building blocks (warpgroup-collective where they issue wgmma; the test calls
@@ -339,8 +284,8 @@ template <int HD>
 __global__ void __launch_bounds__(kTmaBwdThreads, 1)
     bwd_tma(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
             const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tg,
-            const float* __restrict__ lse, const float* __restrict__ D, float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int T, int H,
-            const float* __restrict__ rcos, const float* __restrict__ rsin, int64_t G) {
+            const float* __restrict__ lse, const float* __restrict__ D, float* __restrict__ dq_acc,
+            bf16* __restrict__ dk, bf16* __restrict__ dv, int T, int H, const float* __restrict__ rcos, const float* __restrict__ rsin, int64_t G) {
   static_assert(HD == 64 || HD == 128, "hd 64 or 128");
 #if RESBM_ATTN_WGMMA
   namespace W = cuda_detail_attn_wgmma;
@@ -540,16 +485,6 @@ __global__ void __launch_bounds__(kTmaBwdThreads, 1)
 #endif
 }
 
-// Opts bwd_tma in to its dynamic shared memory, once per process.
-template <int HD>
-void configure_tma() {
-  static const bool done = [] {
-    cuda_detail_attn_mma::allow_smem(bwd_tma<HD>, TmaBwdSmem<HD>::kBytes);
-    return true;
-  }();
-  (void)done;
-}
-
 // The backward (the contract at the top): D = rowsum(dout ⊙ out) and a zeroed dq_acc (B·T·H·HD
 // floats, used head-major with swizzled chunks, DqLayout::kHeadMajorSw) already there; dq, dk,
 // dv written (row stride G), dq and dk rotated back by the RoPE table (rcos, rsin: [≥ T,
@@ -561,9 +496,10 @@ void launch_bwd_tma(CudaContext& ctx, bf16* dq, float* dq_acc, bf16* dk, bf16* d
                     int64_t T, int64_t H, const float* rcos, const float* rsin, int64_t G) {
   if (B * T * H == 0) return;
   const int64_t blocks = (T + kBK - 1) / kBK;
-  RESBM_CHECK(blocks <= 65535 && B * H * T + kTmaBQ + 4 <= 0x7fffffff,
-              cat("attention backward: T ", T, ", B·H·T ", B * H * T, " too large"), "split the batch");
-  configure_tma<HD>();
+  RESBM_CHECK(blocks <= 65535, cat("attention backward: T ", T, " is ", blocks, " key blocks of ", kBK, ", above 65535"),
+              cat("use sequences of at most ", 65535 * kBK, " tokens"));
+  RESBM_CHECK(B * H <= 0x7fffffff, cat("attention backward: B·H ", B * H, " is above 2^31 - 1"), "split the batch");
+  cuda_detail_attn_mma::allow_smem_once<bwd_tma<HD>>(TmaBwdSmem<HD>::kBytes);
   using cuda_detail_attn_wgmma::tensor_map;
   const CUtensorMap tq = tensor_map<HD>(q, B, T, H, kTmaBQ), tg = tensor_map<HD>(dout, B, T, H, kTmaBQ);
   const CUtensorMap tk = tensor_map<HD>(k, B, T, H, kBK), tv = tensor_map<HD>(v, B, T, H, kBK);

@@ -594,12 +594,26 @@ __device__ __forceinline__ void quantize_span(const FusedArgs& p, const float* z
   }
 }
 
+// What the per-warp kernel does to the A fragments of a unit's rows between their loads and
+// the mmas: nothing (act is the Linear's input), or a caller's row transform, such as the
+// codec's encoder applying its hidden layer's rstd ⊙ and SiLU to P = h · w1gᵀ
+// (codec/cuda/residual_bottleneck.cuh). A transform provides
+//   Row                                   what it keeps per unit (loaded with the residual)
+//   load(p, row0, Row&)                   for rows row0 and row0 + 8
+//   apply(p, row0, kc, t, Row, a0, a1)    on the fragments load_a brought for k in [kc, kc + 256)
+struct PlainA {
+  struct Row {};
+  __device__ __forceinline__ void load(const FusedArgs&, int64_t, Row&) const {}
+  __device__ __forceinline__ void apply(const FusedArgs&, int64_t, int, int, const Row&, uint4 (&)[8],
+                                        uint4 (&)[8]) const {}
+};
+
 // Each warp: 16-token units u = its global warp index, + the number of warps, ...; z of a
 // unit in its own 16r floats of shared memory, quantised by the warp alone.
 // 4 blocks (16 warps) an SM fit in 128 registers a thread, except at NT = 8 (r > 32),
 // whose 32 accumulators would then spill: 3 blocks there.
-template <int NT, bool kWShared>
-__global__ void __launch_bounds__(kFusedThreads, NT == 8 ? 3 : 4) fused_linear_int8_warps(FusedArgs p) {
+template <int NT, bool kWShared, class A = PlainA>
+__global__ void __launch_bounds__(kFusedThreads, NT == 8 ? 3 : 4) fused_linear_int8_warps(FusedArgs p, A a_op = {}) {
   extern __shared__ float4 smem4[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   float* zw = reinterpret_cast<float*>(smem4) + warp * 16 * p.r;
@@ -610,8 +624,10 @@ __global__ void __launch_bounds__(kFusedThreads, NT == 8 ? 3 : 4) fused_linear_i
   int64_t u = int64_t(blockIdx.x) * kFusedWarps + warp;
   uint4 a0[8], a1[8];
   uint32_t rv[NT][2];
+  typename A::Row ar;
   load_a(p, u * 16 + g, 0, t, a0, a1);  // in flight while W arrives
   load_resid<NT>(p, u * 16 + g, t, rv);
+  a_op.load(p, u * 16 + g, ar);
   if constexpr (kWShared) {
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncthreads();  // every thread passes here once, before any unit
@@ -623,7 +639,11 @@ __global__ void __launch_bounds__(kFusedThreads, NT == 8 ? 3 : 4) fused_linear_i
     for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
     for (int kc = 0; kc < p.H; kc += 256) {
       if (!first || kc > 0) load_a(p, row0, kc, t, a0, a1);
-      if (!first && kc == 0) load_resid<NT>(p, row0, t, rv);
+      if (!first && kc == 0) {
+        load_resid<NT>(p, row0, t, rv);
+        a_op.load(p, row0, ar);
+      }
+      a_op.apply(p, row0, kc, t, ar, a0, a1);
       mma_chunk<NT, kWShared>(p, ws, kc, g, t, a0, a1, acc);
     }
     first = false;
@@ -811,11 +831,19 @@ void wire_decode(CudaContext& ctx, CudaWireStatus& status, CudaTensor<const std:
 // the CPU's W::encode of z_out byte for byte (the test's check). z itself differs from a
 // CPU GEMM by fp32 summation order only. Asynchronous; status.check(ctx) reports a
 // non-finite z.
+// With a row transform `a_op` (see cuda_detail_wire::PlainA), act is the transform's input
+// and z = a_op(act) · weightᵀ (...); only where 16 tokens hold whole groups of W
+// (fused_per_warp<W>(N, r): the per-warp kernel), else an Error.
 template <class W>
+  requires cuda_detail_wire::CudaInt8Wire<W>
+bool fused_per_warp(int64_t N, int64_t r) {
+  return (16 * r) % cuda_detail_wire::Int8Groups<W>::group(N, r) == 0;
+}
+template <class W, class A = cuda_detail_wire::PlainA>
   requires cuda_detail_wire::CudaInt8Wire<W>
 void fused_linear_encode(CudaContext& ctx, CudaWireStatus& status, CudaTensor<const bf16> act,
                          CudaTensor<const bf16> weight, CudaTensor<const bf16> residual, CudaTensor<std::byte> wire,
-                         CudaTensor<float> z_out = {}) {
+                         CudaTensor<float> z_out = {}, A a_op = {}) {
   using namespace cuda_detail_wire;
   const int64_t N = act.size(0), H = act.size(1), r = weight.size(0);
   expect_shape(act, {N, H}, "fused encoder input");
@@ -840,7 +868,12 @@ void fused_linear_encode(CudaContext& ctx, CudaWireStatus& status, CudaTensor<co
   check_wire_buffer(W::name, wire.data, wire.numel(), need, "wire buffer");
   // Per-warp units when 16 tokens hold whole groups; else tiles that do: a multiple of the
   // smallest 16-token multiple that holds whole groups, at least 64 tokens.
-  const bool per_warp = (16 * r) % group == 0;
+  const bool per_warp = fused_per_warp<W>(N, r);
+  constexpr bool kPlain = std::is_same_v<A, PlainA>;
+  RESBM_CHECK(kPlain || per_warp,
+              cat("fused_linear_encode: a row transform needs 16-token units that hold whole groups; groups of ",
+                  group, " at rank ", r, " do not"),
+              "check ops::fused_per_warp<W>(N, r) first and apply the transform in a pass of its own otherwise");
   const int64_t unit = 16 * (group / std::gcd(group, 16 * r));
   const int64_t tile = per_warp ? 16 : unit * ((16 * kFusedWarps + unit - 1) / unit);
   RESBM_CHECK(tile * r <= kFusedMaxTileValues,
@@ -870,8 +903,8 @@ void fused_linear_encode(CudaContext& ctx, CudaWireStatus& status, CudaTensor<co
       kernel<<<grid, kFusedThreads, smem, ctx.stream>>>(p, extra...);
     };
     if (per_warp)
-      shared_w ? go(fused_linear_int8_warps<NT, true>) : go(fused_linear_int8_warps<NT, false>);
-    else
+      shared_w ? go(fused_linear_int8_warps<NT, true, A>, a_op) : go(fused_linear_int8_warps<NT, false, A>, a_op);
+    else if constexpr (kPlain)  // a transform always has per_warp (checked above)
       shared_w ? go(fused_linear_int8_tiles<NT, true>, int(tile)) : go(fused_linear_int8_tiles<NT, false>, int(tile));
   };
   if (r <= 8)

@@ -214,9 +214,7 @@ class CudaLocalPipeline {
         }
         stages_[s]->backward(mbs_[s], grad_in, 1.0f / float(micro_batches));
       }
-      collect_wires();
-      const double l = stages_.back()->model().mean_loss(mbs_.back().acts);  // synchronises
-      raise_wires();  // first: a non-finite value is named where it crossed a boundary, as on the CPU
+      const double l = checked_loss();
       RESBM_CHECK(std::isfinite(l), cat("loss is ", l, " at step ", step, " (micro-batch ", m, ")"),
                   "lower --lr or raise --warmup");
       loss += l / micro_batches;
@@ -235,10 +233,7 @@ class CudaLocalPipeline {
     for (int m = 0; m < micro_batches; ++m) {
       load(tokens + m * N, targets + m * N);
       forward(false);
-      collect_wires();
-      const double l = stages_.back()->model().mean_loss(mbs_.back().acts);  // synchronises
-      raise_wires();
-      sum += l / micro_batches;
+      sum += checked_loss() / micro_batches;
     }
     return sum;
   }
@@ -260,13 +255,14 @@ class CudaLocalPipeline {
     }
   }
 
-  // Every boundary launch's status, in two halves around the synchronisation that follows
-  // (the loss's read-back): collect queues the read-backs, raise throws the first bad one's
-  // Error (statuses_ is in the CPU pipeline's order).
-  void collect_wires() {
+  // The last stage's mean loss of the micro-batch just run, after every boundary launch's
+  // status: their read-backs are queued before the loss's, so its synchronisation brings
+  // them back too, and the first bad one's Error is thrown before the loss is returned (a
+  // non-finite value is named where it crossed a boundary, as on the CPU; statuses_ is in
+  // the CPU pipeline's order).
+  double checked_loss() {
     for (auto* st : statuses_) st->collect(*ctx_);
-  }
-  void raise_wires() {
+    const double l = stages_.back()->model().mean_loss(mbs_.back().acts);  // synchronises
     std::exception_ptr first;  // every status is reset, so the pipeline can go on after an error
     for (auto* st : statuses_) try {
         st->raise();
@@ -274,6 +270,7 @@ class CudaLocalPipeline {
         if (!first) first = std::current_exception();
       }
     if (first) std::rethrow_exception(first);
+    return l;
   }
 
   CudaContext* ctx_;
