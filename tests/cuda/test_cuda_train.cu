@@ -31,7 +31,7 @@ struct GpuGate {
     int n = 0;
     const char* why = nullptr;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) why = "no CUDA device";
-    else if (!fs::exists(kTrain)) why = "resbm-train is not built";
+    else if (!fs::exists(kTrain) || !fs::exists(kTrainCuda)) why = "resbm-train or resbm-train-cuda is not built";
     if (why) {
       std::printf("%s: skipped\n", why);
       std::fflush(stdout);
