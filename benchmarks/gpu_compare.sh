@@ -29,9 +29,11 @@ if [ "${GPU_COMPARE_TESTS:-1}" = 1 ]; then
   done
 fi
 step ceiling 120 "$PY" benchmarks/torch_gpu.py ceiling
-TRAIN=build-gpu/examples/resbm-train-cuda
+TRAIN="build-gpu/examples/resbm-train-cuda --optimizer adamw"  # AdamW, as benchmarks/torch_gpu.py
 step resbm_a 180 $TRAIN --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
 step resbm_b 240 $TRAIN --layers 8 --d-model 2048 --heads 16 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
+# the same (a) with Muon (Newton-Schulz on cuBLASLt for every matrix; what the optimizer costs)
+step resbm_a_muon 180 ${TRAIN/adamw/muon} --layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --steps "$STEPS" --warmup 10 --eval-batches 2
 if [ "${GPU_COMPARE_STAGES:-1}" = 1 ]; then
   for key in a b; do
     [ $key = a ] && M="--layers 12 --d-model 768 --heads 12" || M="--layers 8 --d-model 2048 --heads 16"
@@ -87,6 +89,8 @@ for key, (L, d, H, F) in cfgs.items():
     rows = [("resbm", grab(f"resbm_{key}", "RESULT")), ("torch eager", grab(f"torch_{key}_eager", "TORCH")),
             ("torch compile", grab(f"torch_{key}_compile", "TORCH"))]
     rows += [(f"resbm 4st {c}", r) for c in ("resbm", "dense") if (r := grab(f"resbm_{key}_s4{c}", "RESULT"))]
+    if (r := grab(f"resbm_{key}_muon", "RESULT")):
+        rows.append(("resbm muon", r))
     comp = rows[2][1]["tokens_per_s"] if rows[2][1] else None
     for impl, r in rows:
         if not r:
@@ -97,6 +101,8 @@ for key, (L, d, H, F) in cfgs.items():
         ratio = f"{tps / comp:.2f}x" if comp else "-"
         mfu = f"{100 * tps * flops_tok / (peak * 1e12):.0f}%" if peak else "-"
         extra = ""
+        if impl == "resbm muon" and rows[0][1]:
+            extra = f"  step +{100 * (ms / rows[0][1]['step_ms'] - 1):.2f}% vs AdamW"
         if impl.startswith("resbm 4st") and rows[0][1]:
             extra = (f"  step +{100 * (ms / rows[0][1]['step_ms'] - 1):.2f}% vs 1 stage, "
                      f"{r.get('compression_ratio', 0):.0f}x fewer bytes, val {r['val_loss']:.3f} (1 stage {rows[0][1]['val_loss']:.3f})")

@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
   CudaContext ctx(0);
   const int64_t B = 16, T = 1024, C = 768, H = 12, hd = 64, F = 2048, V = 256, N = B * T;
   std::vector<Row> rows;
-  auto add = [&](const char* name, double bytes, double flops, const std::function<void()>& fn) {
+  auto add = [&](const std::string& name, double bytes, double flops, const std::function<void()>& fn) {
     const double ms = time_ms(ctx, reps, fn);
     rows.push_back({name, ms, bytes / ms / 1e6, flops / ms / 1e9});
   };
@@ -154,6 +154,20 @@ int main(int argc, char** argv) {
       ops::adamw_update(ctx, p.view({P}), p16.view({P}), g.view({P}), m.view({P}), v.view({P}), s);
     });
     add("cast fp32->bf16 (85M)", double(P) * 6, 0, [&] { ops::cast_to_bf16(ctx, p16.view({P}), p.view({P})); });
+  }
+  // Muon's Newton–Schulz (5 steps) on the matrices of one (a) layer: q, k, v, o are C x C,
+  // gate and up F x C (tall: transposed in and out), down C x F. FLOPs per step for the wide
+  // r x c: X·Xᵀ 2r²c, A·A 2r³, B·X 2r²c.
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{C, C}, {F, C}, {C, F}}) {
+    const int64_t r = std::min(rows, cols), c = std::max(rows, cols);
+    auto u = rnd<float>(ctx, rows * cols);
+    DeviceBuffer<bf16> o(static_cast<size_t>(rows * cols));
+    ops::CudaNewtonSchulzScratch scratch;
+    scratch.reserve(rows, cols);
+    add(cat("newton_schulz5 ", rows, "x", cols, " (5 steps)"), double(rows * cols) * 6,
+        5.0 * double(4 * r * r * c + 2 * r * r * r), [&] {
+          ops::newton_schulz5(ctx, o.view({rows, cols}), CudaTensor<const float>(u.data(), {rows, cols}), 5, scratch);
+        });
   }
 
   struct Mm {

@@ -26,7 +26,7 @@ fi
 if [ "${PROFILE_STEP:-1}" = 1 ]; then
   # ncu times each kernel of step 3 alone (--profile-step brackets it); the same flags unprofiled
   # give the step time, so step time - kernel total = what launches and syncs leave idle.
-  TRAIN=build-gpu/examples/resbm-train-cuda
+  TRAIN="build-gpu/examples/resbm-train-cuda --optimizer adamw"  # as gpu_compare.sh
   A="--layers 12 --d-model 768 --heads 12 --seq 1024 --batch 16 --warmup 2 --eval-batches 1"
   for c in "s1:" "s4d:--stages 4 --codec dense" "s4r:--stages 4 --codec resbm --rank 2"; do
     n=${c%%:*}

@@ -469,7 +469,7 @@ int run(int argc, char** argv) {
   io::Cli cli("resbm-train", "train a LLaMA-style model on a text file; ends with a line RESULT {json}");
   cli.flag("data", &o.data, "text file to train on")
       .flag("tokenizer", &o.tokenizer, "char (vocabulary from the corpus) or byte (256)")
-      .flag("device", &o.device, "cpu, or cuda (one GPU, AdamW; see --device cuda --help)")
+      .flag("device", &o.device, "cpu, or cuda (one GPU; see --device cuda --help)")
       .flag("d-model", &o.d_model, "residual width")
       .flag("layers", &o.layers, "number of decoder blocks")
       .flag("heads", &o.heads, "attention heads (must divide --d-model)")

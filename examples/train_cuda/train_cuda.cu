@@ -1,11 +1,11 @@
 // The GPU training loop behind `resbm-train --device cuda` and `resbm-train-cuda`:
-// resbm-train's model, AdamW, warmup + cosine schedule, global-norm clipping, evaluation
+// resbm-train's model, Muon or AdamW, warmup + cosine schedule, global-norm clipping, evaluation
 // and metrics on one GPU (bf16 compute, fp32 master weights, gradients and optimizer
 // state), and with --stages S the partitioned model with a codec at every boundary, all
 // stages in this process on this GPU (pipeline::CudaLocalPipeline: the wire payloads are
 // real and counted, as the CPU's one-process pipeline). It parses resbm-train's whole flag
 // set, so a run can switch devices by one flag, and refuses by name what it cannot do
-// (Muon, checkpoints, links, codecs without GPU halves) instead of silently ignoring it.
+// (checkpoints, links, codecs without GPU halves) instead of silently ignoring it.
 // Ends with one machine-readable line `RESULT {json}`; tokens_per_s and step_ms leave out
 // the first --skip-steps steps (cuBLASLt plan creation and allocations happen in the first).
 #include <cuda_profiler_api.h>
@@ -36,10 +36,10 @@ namespace {
 
 struct Options {
   std::string data = RESBM_DEFAULT_DATA;
-  std::string tokenizer = "char", device = "cuda", optimizer = "adamw", metrics;
+  std::string tokenizer = "char", device = "cuda", optimizer = "muon", metrics;
   int d_model = 128, layers = 4, heads = 4, seq = 128, batch = 16, ffn = 0, threads = 0;
   int64_t steps = 600, warmup = 30, skip_steps = 2, profile_step = -1;
-  double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
+  double lr = 0, adam_lr = 0, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;
   uint64_t seed = 1;
   int64_t eval_every = 0, eval_batches = 8;
   bool fuse_projections = true, autotune = true;
@@ -67,9 +67,20 @@ template <class Codec>
 int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split) {
   CudaContext ctx(device_id(o.device));
   ctx.autotune = o.autotune;
-  optim::AdamWConfig oc;
-  oc.lr = o.lr > 0 ? float(o.lr) : 2e-3f;  // resbm-train's AdamW default
-  oc.weight_decay = float(o.weight_decay);
+  // resbm-train's make_optimizer: its defaults, and Muon's AdamW half for the non-matrices
+  optim::AdamWConfig adam;
+  adam.weight_decay = float(o.weight_decay);
+  optim::CudaOptimizerConfig oc;
+  if (o.optimizer == "adamw") {
+    adam.lr = o.lr > 0 ? float(o.lr) : 2e-3f;
+    oc = adam;
+  } else {
+    adam.lr = o.adam_lr > 0 ? float(o.adam_lr) : 2e-3f;
+    optim::MuonConfig muon;
+    muon.lr = o.lr > 0 ? float(o.lr) : 0.02f;
+    muon.adamw = adam;
+    oc = muon;
+  }
   const int64_t micro = o.batch / o.micro_batches;
   pipeline::CudaLocalPipeline<Codec> pipe(ctx, cfg, o.stages, micro, oc);
   for (auto& st : pipe.stages()) st->model().fuse_projections = o.fuse_projections;
@@ -153,7 +164,7 @@ int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split
   result.set("steps", o.steps);
   examples::set_model_keys(result, cfg, pipe.params(), o.batch, o.micro_batches);
   result.set("tokenizer", o.tokenizer);
-  result.set("optimizer", "adamw");
+  result.set("optimizer", o.optimizer);
   result.set("stages", o.stages);
   result.set("autotune", o.autotune);
   if (o.stages > 1) {
@@ -174,7 +185,7 @@ int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split
 int resbm_train_cuda(int argc, char** argv) {
   Options o;
   io::Cli cli("resbm-train --device cuda",
-              "train a LLaMA-style model on one GPU (AdamW, char or byte tokenizer), whole or as --stages pipeline "
+              "train a LLaMA-style model on one GPU (Muon or AdamW, char or byte tokenizer), whole or as --stages pipeline "
               "stages in one process with a --codec at every boundary; ends with RESULT {json}");
   cli.flag("data", &o.data, "text file to train on")
       .flag("tokenizer", &o.tokenizer, "char (vocabulary from the corpus) or byte (256)")
@@ -186,12 +197,13 @@ int resbm_train_cuda(int argc, char** argv) {
       .flag("seq", &o.seq, "sequence length")
       .flag("batch", &o.batch, "sequences per step")
       .flag("steps", &o.steps, "training steps")
-      .flag("lr", &o.lr, "peak AdamW learning rate (0 = 2e-3)")
+      .flag("lr", &o.lr, "peak learning rate (0 = optimizer default: adamw 2e-3, muon 0.02)")
+      .flag("adam-lr", &o.adam_lr, "muon only: AdamW learning rate of embeddings, head, gains (0 = 2e-3)")
       .flag("warmup", &o.warmup, "linear warmup steps")
       .flag("min-lr-ratio", &o.min_lr_ratio, "cosine decay floor as a fraction of --lr")
       .flag("weight-decay", &o.weight_decay, "decoupled weight decay (not on norm gains)")
       .flag("clip", &o.clip, "global gradient-norm clip (0 = off)")
-      .flag("optimizer", &o.optimizer, "adamw (the only one on the GPU so far)")
+      .flag("optimizer", &o.optimizer, "muon (Newton-Schulz on cuBLASLt; AdamW for embeddings, head, gains) or adamw")
       .flag("seed", &o.seed, "seed of weights and batch sampling")
       .flag("threads", &o.threads, "host threads for the weight init (0 = all)")
       .flag("eval-every", &o.eval_every, "validate every N steps (0 = only at the end)")
@@ -209,12 +221,12 @@ int resbm_train_cuda(int argc, char** argv) {
       .flag("rank", &o.rank, "bottleneck width r of resbm (1, 2, 4, 8, 16, 32, 64)");
   // resbm-train's flags that the GPU path does not take: named in the error, not "unknown flag".
   cli.refuse({"stage", "schedule", "lookahead", "listen", "next", "run-id", "timeout", "max-frame-mb", "link-mbps",
-              "link-latency-ms", "link-jitter-ms", "tls-cert", "tls-key", "tls-ca", "adam-lr", "save", "save-every",
+              "link-latency-ms", "link-jitter-ms", "tls-cert", "tls-key", "tls-ca", "save", "save-every",
               "resume", "resume-step", "skip-nonfinite", "stop-after"},
              "is not supported with --device cuda yet", "drop it, or train on the CPU (--device cpu)");
   if (!cli.parse(argc, argv)) return 0;
-  RESBM_CHECK(o.optimizer == "adamw", cat("--optimizer ", o.optimizer, " is not supported with --device cuda yet"),
-              "pass --optimizer adamw");
+  RESBM_CHECK(o.optimizer == "adamw" || o.optimizer == "muon", cat("unknown optimizer '", o.optimizer, "'"),
+              "pass --optimizer adamw or muon");
   RESBM_CHECK(o.steps > 0 && o.batch > 0, "--steps and --batch must be positive", "pass positive values");
   RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.eval_batches > 0 && o.skip_steps >= 0,
               "--warmup, --eval-every, --skip-steps must be >= 0 and --eval-batches > 0", "fix the flag values");

@@ -1,6 +1,7 @@
 #pragma once
 // The umbrella header of the CUDA backend (include it from .cu files): the context, device
-// buffers, every CUDA op, the GPU halves of the boundary codec and the GPU AdamW. See docs/cuda.md.
+// buffers, every CUDA op, the GPU halves of the boundary codec and the GPU optimizers (AdamW,
+// Muon). See docs/cuda.md.
 #include "resbm/ops/cuda/adamw.cuh"
 #include "resbm/ops/cuda/attention.cuh"
 #include "resbm/ops/cuda/attention_mma.cuh"
@@ -10,6 +11,8 @@
 #include "resbm/ops/cuda/cross_entropy.cuh"
 #include "resbm/ops/cuda/embedding.cuh"
 #include "resbm/ops/cuda/matmul.cuh"
+#include "resbm/ops/cuda/muon.cuh"
+#include "resbm/ops/cuda/newton_schulz.cuh"
 #include "resbm/ops/cuda/rmsnorm.cuh"
 #include "resbm/ops/cuda/rope.cuh"
 #include "resbm/ops/cuda/silu.cuh"
@@ -18,3 +21,5 @@
 #include "resbm/ops/cuda/wire.cuh"
 #include "resbm/codec/cuda/halves.cuh"
 #include "resbm/optim/cuda/adamw.cuh"
+#include "resbm/optim/cuda/any.cuh"
+#include "resbm/optim/cuda/muon.cuh"

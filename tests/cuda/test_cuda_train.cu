@@ -94,6 +94,11 @@ TEST_CASE("resbm-train --device cuda: first losses as --device cpu (char and byt
   compare("byte");
 }
 
+TEST_CASE("resbm-train --device cuda --optimizer muon: first losses as --device cpu (whole, and 2 stages of resbm)") {
+  compare("char", "--optimizer muon");
+  compare("byte", "--optimizer muon --stages 2 --codec resbm --rank 2");
+}
+
 TEST_CASE("resbm-train --device cuda --stages 2: first losses as the CPU pipeline (resbm and dense codecs)") {
   compare("char", "--stages 2 --codec resbm --rank 2 --micro-batches 2");
   compare("byte", "--stages 2 --codec dense");
@@ -109,8 +114,8 @@ TEST_CASE("resbm-train --device cuda refuses what it does not support, by name")
   CHECK(out.find("exceeds the model's 4 layers") != std::string::npos);
   CHECK(run("--device cuda --batch 4 --micro-batches 3 --steps 1", &out) != 0);
   CHECK(out.find("--micro-batches 3 does not divide --batch 4") != std::string::npos);
-  CHECK(run("--device cuda --optimizer muon --steps 1", &out) != 0);
-  CHECK(out.find("--optimizer muon is not supported with --device cuda") != std::string::npos);
+  CHECK(run("--device cuda --optimizer sgd --steps 1", &out) != 0);
+  CHECK(out.find("unknown optimizer 'sgd'") != std::string::npos);
   CHECK(run("--device cuda --save /tmp/x --steps 1", &out) != 0);
   CHECK(out.find("--save is not supported with --device cuda") != std::string::npos);
   CHECK(run("--profile-step 3 --steps 3", &out, kTrainCuda) != 0);

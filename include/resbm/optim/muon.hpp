@@ -45,6 +45,21 @@ inline void validate(const MuonConfig& c) {
   validate(c.adamw);
 }
 
+// c once validate(c) passed: for a member initialiser, so that a bad config is named before
+// the optimizer allocates anything.
+inline const MuonConfig& validated(const MuonConfig& c) {
+  validate(c);
+  return c;
+}
+
+// The entries Muon leaves to its AdamW half: all but the hidden matrices.
+inline std::vector<size_t> adamw_entries(const ParamArena<float>& arena) {
+  std::vector<size_t> e;
+  for (size_t i = 0; i < arena.infos().size(); ++i)
+    if (arena.info(i).kind != ParamKind::matrix) e.push_back(i);
+  return e;
+}
+
 // Working memory of newton_schulz5, sized once for the largest matrix so a training step
 // never allocates.
 template <class T>
@@ -160,7 +175,7 @@ void newton_schulz5(const Context& ctx, const T* in, T* out, int64_t rows, int64
 class Muon {
  public:
   Muon(const ParamArena<float>& arena, MuonConfig cfg = {})
-      : cfg_(validated(cfg)), adamw_(arena, cfg_.adamw, non_matrix(arena)) {
+      : cfg_(validated(cfg)), adamw_(arena, cfg_.adamw, adamw_entries(arena)) {
     size_t total = 0, largest = 0;
     for (size_t e = 0; e < arena.infos().size(); ++e) {
       const ParamInfo& p = arena.info(e);
@@ -247,19 +262,6 @@ class Muon {
     size_t state, param;
     int64_t rows, cols;
   };
-
-  // Checked before the AdamW member allocates anything.
-  static const MuonConfig& validated(const MuonConfig& c) {
-    validate(c);
-    return c;
-  }
-
-  static std::vector<size_t> non_matrix(const ParamArena<float>& arena) {
-    std::vector<size_t> e;
-    for (size_t i = 0; i < arena.infos().size(); ++i)
-      if (arena.info(i).kind != ParamKind::matrix) e.push_back(i);
-    return e;
-  }
 
   MuonConfig cfg_;
   AdamW adamw_;

@@ -176,14 +176,15 @@ void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, in
   gemm_batched<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
-// out[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + addend[M,N] (row-major, leading dimension
-// ldc for both; addend and out are the same array or do not overlap). The residual adds
-// ride on it: cuBLASLt reads the residual stream as C and writes D elsewhere, so the
-// stream is not first copied into the output.
+// out[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · addend[M,N] (row-major, leading
+// dimension ldc for both; addend and out are the same array or do not overlap). The residual
+// adds ride on it: cuBLASLt reads the residual stream as C and writes D elsewhere, so the
+// stream is not first copied into the output (and Newton–Schulz's b·A + c·A·A is one call).
 template <class TC>
 void gemm_add(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-              const bf16* A, int64_t lda, const bf16* B, int64_t ldb, const TC* addend, TC* out, int64_t ldc) {
-  cuda_detail_matmul::lt_gemm<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, 1.0f, addend, out, ldc,
+              const bf16* A, int64_t lda, const bf16* B, int64_t ldb, const TC* addend, TC* out, int64_t ldc,
+              float beta = 1.0f) {
+  cuda_detail_matmul::lt_gemm<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, addend, out, ldc,
                                   0, 1);
 }
 

@@ -2,7 +2,8 @@
 // Σ x² over one or more flat fp32 arrays, in double, deterministic: a fixed grid per array,
 // each block writes one partial, and one warp adds all partials in a fixed order, so the
 // result does not vary from run to run. One read-back (synchronises): the global-norm clip
-// of a model, or of every stage and codec half of a pipeline, costs one round trip.
+// of a model, or of every stage and codec half of a pipeline, costs one round trip
+// (sum_squares_on_device leaves the sum on the device instead).
 #include <cmath>
 #include <span>
 
@@ -39,10 +40,15 @@ __global__ void final_sum(double* __restrict__ out, const double* __restrict__ p
 }
 }  // namespace cuda_detail_sumsq
 
-inline double sum_squares(CudaContext& ctx, std::span<const CudaTensor<const float>> arrays) {
+// Partials needed by sum_squares_on_device for `arrays` arrays (the last holds the result).
+constexpr size_t sum_squares_partials(size_t arrays) { return arrays * size_t(cuda_detail_sumsq::kBlocks) + 1; }
+
+// The sum into partials[sum_squares_partials(k) − 1] (device memory of that many doubles),
+// no read-back: for a kernel that reads it next on the stream (Muon's Newton–Schulz scale).
+inline const double* sum_squares_on_device(CudaContext& ctx, std::span<const CudaTensor<const float>> arrays,
+                                           double* partials) {
   using namespace cuda_detail_sumsq;
   const size_t k = arrays.size();
-  auto* partials = static_cast<double*>(ctx.scratch((k * kBlocks + 1) * sizeof(double)));
   size_t i = 0;
   for (const CudaTensor<const float>& a : arrays) {
     partial<<<kBlocks, kThreads, 0, ctx.stream>>>(partials + i * kBlocks, a.data, a.numel());
@@ -51,8 +57,14 @@ inline double sum_squares(CudaContext& ctx, std::span<const CudaTensor<const flo
   }
   final_sum<<<1, 32, 0, ctx.stream>>>(partials + k * kBlocks, partials, int(k * kBlocks));
   RESBM_CUDA_LAUNCH_CHECK();
+  return partials + k * kBlocks;
+}
+
+inline double sum_squares(CudaContext& ctx, std::span<const CudaTensor<const float>> arrays) {
+  auto* partials = static_cast<double*>(ctx.scratch(sum_squares_partials(arrays.size()) * sizeof(double)));
+  const double* result = sum_squares_on_device(ctx, arrays, partials);
   double sq = 0;
-  RESBM_CUDA_CHECK(cudaMemcpyAsync(&sq, partials + k * kBlocks, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
+  RESBM_CUDA_CHECK(cudaMemcpyAsync(&sq, result, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
   ctx.synchronize();
   return sq;
 }

@@ -3,9 +3,12 @@
 // a codec half): the same update, the same decoupled decay (none for gains), fp32 m and v
 // in the arena layout; refreshes the bf16 copy of the weights. Entries are grouped into
 // runs of equal decay, one launch per run (padding between entries stays 0: zero gradient,
-// zero state, zero weight).
+// zero state, zero weight). Built over some entries only (CudaMuon's non-matrix ones), it
+// keeps state for those alone and never touches the others.
+#include <algorithm>
 #include <concepts>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "resbm/core/arena.hpp"
@@ -27,19 +30,41 @@ concept CudaParamArrays = requires(P& p, const P& cp) {
 
 class CudaAdamW {
  public:
+  // Every entry of arrays.layout().
   template <CudaParamArrays P>
-  CudaAdamW(CudaContext& ctx, const P& arrays, AdamWConfig cfg = {}) : ctx_(&ctx), cfg_(cfg), n_(arrays.size()) {
+  CudaAdamW(CudaContext& ctx, const P& arrays, AdamWConfig cfg = {})
+      : CudaAdamW(ctx, arrays, cfg, all(arrays.layout())) {}
+
+  // Only `entries` (indices into arrays.layout().infos()); m and v hold those alone.
+  template <CudaParamArrays P>
+  CudaAdamW(CudaContext& ctx, const P& arrays, AdamWConfig cfg, std::vector<size_t> entries)
+      : ctx_(&ctx), cfg_(cfg), n_(arrays.size()) {
     validate(cfg_);
-    m_.resize(n_);
-    v_.resize(n_);
+    const ParamArena<float>& layout = arrays.layout();
+    std::vector<bool> seen(layout.infos().size(), false);
+    for (size_t e : entries) {
+      RESBM_CHECK(e < seen.size(), cat("CudaAdamW entry ", e, " is out of range (the layout has ", seen.size(),
+                                       " entries)"),
+                  "pass indices into layout().infos()");
+      RESBM_CHECK(!seen[e], cat("CudaAdamW entry ", e, " ('", layout.info(e).name, "') listed twice"),
+                  "list every entry once");
+      seen[e] = true;
+    }
+    std::sort(entries.begin(), entries.end(),
+              [&](size_t a, size_t b) { return layout.info(a).offset < layout.info(b).offset; });
+    size_t state = 0;
+    for (size_t e : entries) {
+      const ParamInfo& p = layout.info(e);
+      const bool decay = decays(p.kind);
+      const size_t len = (p.numel + 15) / 16 * 16;
+      if (!runs_.empty() && runs_.back().decay == decay && runs_.back().end == p.offset) runs_.back().end += len;
+      else runs_.push_back({p.offset, p.offset + len, decay, state});
+      state += len;
+    }
+    m_.resize(state);
+    v_.resize(state);
     m_.zero(ctx.stream);
     v_.zero(ctx.stream);
-    for (const ParamInfo& p : arrays.layout().infos()) {
-      const bool decay = decays(p.kind);
-      const size_t end = p.offset + (p.numel + 15) / 16 * 16;
-      if (!runs_.empty() && runs_.back().decay == decay && runs_.back().end == p.offset) runs_.back().end = end;
-      else runs_.push_back({p.offset, end, decay});
-    }
   }
 
   // grad_scale multiplies the gradients first (the clipping coefficient).
@@ -56,7 +81,7 @@ class CudaAdamW {
       ops::adamw_update(*ctx_, CudaTensor<float>(arrays.params() + r.begin, {n}),
                         CudaTensor<bf16>(arrays.params_bf16() + r.begin, {n}),
                         CudaTensor<const float>(arrays.grads() + r.begin, {n}),
-                        CudaTensor<float>(m_.data() + r.begin, {n}), CudaTensor<float>(v_.data() + r.begin, {n}), s);
+                        CudaTensor<float>(m_.data() + r.state, {n}), CudaTensor<float>(v_.data() + r.state, {n}), s);
     }
   }
 
@@ -64,9 +89,15 @@ class CudaAdamW {
 
  private:
   struct Run {
-    size_t begin, end;
+    size_t begin, end;  // in the arrays
     bool decay;
+    size_t state;  // where its m and v start
   };
+  static std::vector<size_t> all(const ParamArena<float>& layout) {
+    std::vector<size_t> e(layout.infos().size());
+    std::iota(e.begin(), e.end(), size_t(0));
+    return e;
+  }
   CudaContext* ctx_;
   AdamWConfig cfg_;
   size_t n_;
