@@ -155,18 +155,20 @@ int main(int argc, char** argv) {
     });
     add("cast fp32->bf16 (85M)", double(P) * 6, 0, [&] { ops::cast_to_bf16(ctx, p16.view({P}), p.view({P})); });
   }
-  // Muon's Newton–Schulz (5 steps) on the matrices of one (a) layer: q, k, v, o are C x C,
-  // gate and up F x C (tall: transposed in and out), down C x F. FLOPs per step for the wide
-  // r x c: X·Xᵀ 2r²c, A·A 2r³, B·X 2r²c.
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{C, C}, {F, C}, {C, F}}) {
+  // Muon's Newton–Schulz (5 steps) on the matrices of (a)'s 12 layers, batched by shape as
+  // optim::CudaMuon does: q, k, v, o (48 of C x C), gate and up (24 of F x C, tall: transposed
+  // in and out), down (12 of C x F). FLOPs per step for the wide r x c: X·Xᵀ 2r²c, A·A 2r³,
+  // B·X 2r²c.
+  for (auto [count, rows, cols] : {std::tuple<int64_t, int64_t, int64_t>{48, C, C}, {24, F, C}, {12, C, F}}) {
     const int64_t r = std::min(rows, cols), c = std::max(rows, cols);
-    auto u = rnd<float>(ctx, rows * cols);
-    DeviceBuffer<bf16> o(static_cast<size_t>(rows * cols));
+    auto u = rnd<float>(ctx, count * rows * cols);
+    DeviceBuffer<bf16> o(static_cast<size_t>(count * rows * cols));
     ops::CudaNewtonSchulzScratch scratch;
-    scratch.reserve(rows, cols);
-    add(cat("newton_schulz5 ", rows, "x", cols, " (5 steps)"), double(rows * cols) * 6,
-        5.0 * double(4 * r * r * c + 2 * r * r * r), [&] {
-          ops::newton_schulz5(ctx, o.view({rows, cols}), CudaTensor<const float>(u.data(), {rows, cols}), 5, scratch);
+    scratch.reserve(rows, cols, count);
+    add(cat("newton_schulz5 ", count, " x ", rows, "x", cols, " (5 steps)"), double(count * rows * cols) * 6,
+        5.0 * double(count) * double(4 * r * r * c + 2 * r * r * r), [&] {
+          ops::newton_schulz5(ctx, o.view({count, rows, cols}),
+                              CudaTensor<const float>(u.data(), {count, rows, cols}), 5, scratch);
         });
   }
 

@@ -45,6 +45,7 @@ void declare(ParamArena<float>& a) {
   a.add("tall.weight", {136, 48}, ParamKind::matrix);
   a.add("tok.weight", {40, 48}, ParamKind::embedding);
   a.add("tiny.weight", {2, 64}, ParamKind::matrix);  // a codec's fc2 at rank 2
+  a.add("wide2.weight", {48, 136}, ParamKind::matrix);  // batched with wide.weight
 }
 
 // What CudaMuon steps (optim::CudaParamArrays), over the layout of declare().
@@ -88,6 +89,11 @@ void compare_steps(const optim::MuonConfig& cfg) {
   optim::Muon muon(cpu, cfg);
   optim::CudaAnyOptimizer cuda(ctx(), gpu, optim::CudaOptimizerConfig(cfg));
   REQUIRE(cuda.is_muon());
+  {
+    optim::CudaMuon probe(ctx(), gpu, cfg);
+    CHECK(probe.matrices() == 4);
+    CHECK(probe.batches() == 3);  // the two wide matrices share one
+  }
   const float grad_scale = 0.5f, lr_scale = 0.8f;
   std::vector<float> cpu_prev = init, gpu_prev = init;
   for (int step = 0; step < 3; ++step) {
@@ -138,6 +144,30 @@ TEST_CASE("cuda newton_schulz5 matches the cpu iteration", "[cuda][muon]") {
   CHECK(ns_err(384, 1024, 5) < 3e-2);  // (a)'s attention shape's scale
 }
 
+TEST_CASE("cuda newton_schulz5 of a batch: each matrix as on its own", "[cuda][muon]") {
+  const int64_t count = 3, rows = 200, cols = 96;  // tall, so transposed in and out
+  const auto in = randn(size_t(count * rows * cols));
+  std::vector<float> want(in.size());
+  optim::NewtonSchulzScratch<float> cpu_scratch(rows, cols);
+  for (int64_t m = 0; m < count; ++m)  // matrix 1 ten times larger: the norms are per matrix
+    optim::newton_schulz5<float>(host(), in.data() + m * rows * cols, want.data() + m * rows * cols, rows, cols, 5,
+                                 cpu_scratch);
+  auto scaled = in;
+  for (int64_t i = rows * cols; i < 2 * rows * cols; ++i) scaled[size_t(i)] *= 10.0f;
+  ops::CudaNewtonSchulzScratch scratch;
+  scratch.reserve(rows, cols, count);
+  const auto din = upload(scaled);
+  auto out = poisoned<bf16>(in.size());
+  ops::newton_schulz5(ctx(), CudaTensor<bf16>(out.data(), {count, rows, cols}),
+                      CudaTensor<const float>(din.data(), {count, rows, cols}), 5, scratch);
+  const auto got = download(out);
+  for (int64_t m = 0; m < count; ++m) {
+    const double e = rel_err(got.data() + m * rows * cols, want.data() + m * rows * cols, size_t(rows * cols));
+    std::printf("  batched newton_schulz5 matrix %lld of %lld: rel err %.3e\n", (long long)m, (long long)count, e);
+    CHECK(e < 3e-2);
+  }
+}
+
 TEST_CASE("cuda newton_schulz5 edge cases and errors", "[cuda][muon]") {
   ops::CudaNewtonSchulzScratch scratch;
   scratch.reserve(8, 16);
@@ -158,7 +188,7 @@ TEST_CASE("cuda newton_schulz5 edge cases and errors", "[cuda][muon]") {
     });
   };
   SECTION("a matrix larger than the scratch is refused") {
-    CHECK(has(error(32, 32, 32, 32), "Newton-Schulz scratch is too small for a 32 x 32 matrix"));
+    CHECK(has(error(32, 32, 32, 32), "Newton-Schulz scratch is too small for 1 32 x 32 matrices"));
   }
   SECTION("an output of another shape is refused") { CHECK(has(error(8, 16, 16, 8), "Newton-Schulz output")); }
 }

@@ -1,14 +1,16 @@
 #pragma once
-// Muon's Newton–Schulz iteration on the GPU, the CPU's optim::newton_schulz5 on cuBLASLt:
+// Muon's Newton–Schulz iteration on the GPU, the CPU's optim::newton_schulz5 on cuBLASLt, for
+// one matrix or a batch of equal ones (every step one batched GEMM for the whole batch):
 //   X = in / (‖in‖_F + 1e-7), made wide (transposed when rows > cols), then `steps` times
 //     A = X·Xᵀ;  B = b·A + c·A·A;  X = a·X + B·X      (a, b, c) = (3.4445, −4.7750, 2.0315)
 //   out = X, transposed back.
 // In bf16 with fp32 accumulation, as the reference implementation (Keller Jordan's
 // zeropower_via_newtonschulz5 runs in bf16): X, A and B are bf16 matrices, every product an
-// ops::gemm / gemm_add with fp32 accumulation, the norm a deterministic fp32 → double sum
-// left on the device (no host sync). The result differs from the CPU's fp32 iteration by
-// bf16 rounding (~1e-2 relative; the quintic's fixed point is a band of singular values
-// [0.7, 1.2], not 1, so rounding does not accumulate across steps).
+// ops::gemm_batched / gemm_add_batched with fp32 accumulation, each norm a deterministic
+// fp32 → double sum left on the device (no host sync). The result differs from the CPU's fp32
+// iteration by bf16 rounding: ~2e-3 relative after one step, ~1e-2 after five (the quintic
+// leaves the singular values in a band [0.7, 1.2] where its slope reaches ~1.5, so a rounding
+// difference can grow a little each step; test_cuda_muon has the measured figures).
 //
 // The wide X is kept r8 × c8, both sizes rounded up to 8 with zero rows and columns, so every
 // GEMM has 16-byte rows whatever the matrix (a codec's fc2 is 2 × 256): zero rows of X give
@@ -25,28 +27,30 @@
 
 namespace resbm::ops {
 
-// Working memory of newton_schulz5 (device), sized once for the largest matrix so that an
+// Working memory of newton_schulz5 (device), sized once for the largest batch so that an
 // optimizer step never allocates.
 class CudaNewtonSchulzScratch {
  public:
-  // Grows (never shrinks) to fit a rows x cols matrix; contents are not kept.
-  void reserve(int64_t rows, int64_t cols) {
-    RESBM_CHECK(rows >= 0 && cols >= 0, cat("Newton-Schulz matrix ", rows, " x ", cols, " is negative"),
+  // Grows (never shrinks) to fit `count` rows x cols matrices; contents are not kept.
+  void reserve(int64_t rows, int64_t cols, int64_t count = 1) {
+    RESBM_CHECK(rows >= 0 && cols >= 0 && count >= 0,
+                cat("Newton-Schulz batch of ", count, " ", rows, " x ", cols, " matrices is negative"),
                 "pass sizes >= 0");
     const auto [r, c] = padded(rows, cols);
-    if (size_t(r * c) > x_.size()) {
-      x_.resize(size_t(r * c));
-      y_.resize(size_t(r * c));
+    if (size_t(count * r * c) > x_.size()) {
+      x_.resize(size_t(count * r * c));
+      y_.resize(size_t(count * r * c));
     }
-    if (size_t(r * r) > a_.size()) {
-      a_.resize(size_t(r * r));
-      b_.resize(size_t(r * r));
+    if (size_t(count * r * r) > a_.size()) {
+      a_.resize(size_t(count * r * r));
+      b_.resize(size_t(count * r * r));
     }
-    if (partials_.size() < sum_squares_partials(1)) partials_.resize(sum_squares_partials(1));
+    if (partials_.size() < sum_squares_partials(size_t(count))) partials_.resize(sum_squares_partials(size_t(count)));
   }
-  bool fits(int64_t rows, int64_t cols) const {
+  bool fits(int64_t rows, int64_t cols, int64_t count = 1) const {
     const auto [r, c] = padded(rows, cols);
-    return size_t(r * c) <= x_.size() && size_t(r * r) <= a_.size() && partials_.size() >= sum_squares_partials(1);
+    return size_t(count * r * c) <= x_.size() && size_t(count * r * r) <= a_.size() &&
+           partials_.size() >= sum_squares_partials(size_t(count));
   }
 
   // The wide orientation's sizes, rounded up to 8: {r8, c8}.
@@ -55,7 +59,7 @@ class CudaNewtonSchulzScratch {
     return {(r + 7) / 8 * 8, (c + 7) / 8 * 8};
   }
 
-  // The iterates X, Y (r8 x c8), A, B (r8 x r8) and the norm's partials.
+  // The iterates X, Y (count x r8 x c8), A, B (count x r8 x r8) and the norms' partials.
   bf16* x() { return x_.data(); }
   bf16* y() { return y_.data(); }
   bf16* a() { return a_.data(); }
@@ -68,13 +72,17 @@ class CudaNewtonSchulzScratch {
 };
 
 namespace cuda_detail_ns {
-// X[i, j] (r8 x c8, row-major) = in(i, j) / (sqrt(sq) + 1e-7) in the wide orientation (in
-// transposed when tall), 0 in the padding; every element is written.
+// Matrix m = blockIdx.y: X_m[i, j] (r8 x c8, row-major) = in_m(i, j) / (sqrt(sq[m]) + 1e-7)
+// in the wide orientation (in transposed when tall), 0 in the padding; every element is
+// written.
 __global__ void load(bf16* __restrict__ x, const float* __restrict__ in, const double* __restrict__ sq, int64_t rows,
                      int64_t cols, int64_t r8, int64_t c8) {
+  const int64_t m = blockIdx.y;
+  x += m * r8 * c8;
+  in += m * rows * cols;
   const bool tall = rows > cols;
   const int64_t r = tall ? cols : rows, c = tall ? rows : cols;
-  const float scale = float(1.0 / (sqrt(*sq) + 1e-7));  // the CPU's: in double, then rounded
+  const float scale = float(1.0 / (sqrt(sq[m]) + 1e-7));  // the CPU's: in double, then rounded
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < r8 * c8; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / c8, j = e % c8;
     float v = 0.0f;
@@ -83,8 +91,13 @@ __global__ void load(bf16* __restrict__ x, const float* __restrict__ in, const d
   }
 }
 
-// out (rows x cols) = X without its padding, transposed back when tall.
-__global__ void store(bf16* __restrict__ out, const bf16* __restrict__ x, int64_t rows, int64_t cols, int64_t c8) {
+// Matrix m = blockIdx.y: out_m (rows x cols) = X_m without its padding, transposed back when
+// tall.
+__global__ void store(bf16* __restrict__ out, const bf16* __restrict__ x, int64_t rows, int64_t cols, int64_t r8,
+                      int64_t c8) {
+  const int64_t m = blockIdx.y;
+  out += m * rows * cols;
+  x += m * r8 * c8;
   const bool tall = rows > cols;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < rows * cols;
        e += int64_t(gridDim.x) * blockDim.x) {
@@ -94,32 +107,42 @@ __global__ void store(bf16* __restrict__ out, const bf16* __restrict__ x, int64_
 }
 }  // namespace cuda_detail_ns
 
-// out [rows, cols] (bf16) = NewtonSchulz5(in [rows, cols], fp32), row-major; asynchronous.
+// out = NewtonSchulz5(in), fp32 in, bf16 out, each matrix on its own: [rows, cols] or a
+// batch [count, rows, cols] (row-major, contiguous), whose matrices share every launch
+// (batched GEMMs: Muon's q, k, v, o of all layers are one batch); asynchronous.
 inline void newton_schulz5(CudaContext& ctx, CudaTensor<bf16> out, CudaTensor<const float> in, int steps,
                            CudaNewtonSchulzScratch& scratch) {
-  RESBM_CHECK(in.rank == 2, cat("Newton-Schulz input of rank ", in.rank, ", not a matrix"),
-              "pass a [rows, cols] tensor");
-  const int64_t rows = in.size(0), cols = in.size(1);
-  expect_shape(out, {rows, cols}, "Newton-Schulz output");
+  RESBM_CHECK(in.rank == 2 || in.rank == 3,
+              cat("Newton-Schulz input of rank ", in.rank, ", not a matrix or a batch of matrices"),
+              "pass a [rows, cols] or [count, rows, cols] tensor");
+  const int64_t count = in.rank == 3 ? in.size(0) : 1, rows = in.size(in.rank - 2), cols = in.size(in.rank - 1);
+  RESBM_CHECK(out.numel() == count * rows * cols && out.size(out.rank - 1) == cols,
+              cat("Newton-Schulz output ", shape_str(out.shape, out.rank), " for an input ",
+                  shape_str(in.shape, in.rank)),
+              "pass an output of the input's shape");
   RESBM_CHECK(steps >= 0, cat("Newton-Schulz step count ", steps, " is negative"), "pass steps >= 0, e.g. 5");
-  RESBM_CHECK(scratch.fits(rows, cols), cat("Newton-Schulz scratch is too small for a ", rows, " x ", cols, " matrix"),
-              "reserve(rows, cols) the scratch for the largest matrix first");
-  if (rows * cols == 0) return;
+  RESBM_CHECK(scratch.fits(rows, cols, count),
+              cat("Newton-Schulz scratch is too small for ", count, " ", rows, " x ", cols, " matrices"),
+              "reserve(rows, cols, count) the scratch for the largest batch first");
+  if (count * rows * cols == 0) return;
   const auto [r8, c8] = CudaNewtonSchulzScratch::padded(rows, cols);
-  const CudaTensor<const float> whole(in.data, {rows * cols});
-  const double* sq = sum_squares_on_device(ctx, std::span(&whole, 1), scratch.partials());
+  const double* sq = sum_squares_each_on_device(ctx, in.data, rows * cols, rows * cols, int(count), scratch.partials());
   bf16 *x = scratch.x(), *y = scratch.y(), *a = scratch.a(), *b = scratch.b();
-  cuda_detail_ns::load<<<cuda_detail::grid_for(r8 * c8, 256), 256, 0, ctx.stream>>>(x, in.data, sq, rows, cols, r8,
-                                                                                    c8);
+  const dim3 grid(cuda_detail::grid_for(r8 * c8, 256, 4096), unsigned(count));
+  cuda_detail_ns::load<<<grid, 256, 0, ctx.stream>>>(x, in.data, sq, rows, cols, r8, c8);
   RESBM_CUDA_LAUNCH_CHECK();
   const float ca = 3.4445f, cb = -4.7750f, cc = 2.0315f;
+  const int64_t sx = r8 * c8, sa = r8 * r8;
   for (int it = 0; it < steps; ++it) {
-    gemm<bf16>(ctx, false, true, r8, r8, c8, 1.0f, x, c8, x, c8, 0.0f, a, r8);  // A = X·Xᵀ
-    gemm_add<bf16>(ctx, false, false, r8, r8, r8, cc, a, r8, a, r8, a, b, r8, cb);   // B = c·A·A + b·A
-    gemm_add<bf16>(ctx, false, false, r8, c8, r8, 1.0f, b, r8, x, c8, x, y, c8, ca);  // Y = B·X + a·X
+    gemm_batched<bf16>(ctx, false, true, r8, r8, c8, 1.0f, x, c8, sx, x, c8, sx, 0.0f, a, r8, sa, count);  // A = X·Xᵀ
+    gemm_add_batched<bf16>(ctx, false, false, r8, r8, r8, cc, a, r8, sa, a, r8, sa, cb, a, b, r8, sa,
+                           count);  // B = c·A·A + b·A
+    gemm_add_batched<bf16>(ctx, false, false, r8, c8, r8, 1.0f, b, r8, sa, x, c8, sx, ca, x, y, c8, sx,
+                           count);  // Y = B·X + a·X
     std::swap(x, y);
   }
-  cuda_detail_ns::store<<<cuda_detail::grid_for(rows * cols, 256), 256, 0, ctx.stream>>>(out.data, x, rows, cols, c8);
+  cuda_detail_ns::store<<<dim3(cuda_detail::grid_for(rows * cols, 256, 4096), unsigned(count)), 256, 0, ctx.stream>>>(
+      out.data, x, rows, cols, r8, c8);
   RESBM_CUDA_LAUNCH_CHECK();
 }
 

@@ -5,11 +5,16 @@
 // (embedding, head, gains), with state for those alone. Refreshes the bf16 copy of the
 // weights it changes. The Newton–Schulz iteration runs in bf16 (ops/cuda/newton_schulz.cuh),
 // the CPU's in fp32: updates agree to ~1e-2 relative, so losses agree to bf16 tolerance.
-// Asynchronous on ctx.stream: no host sync in a step.
+// Matrices of one shape (q, k, v and o of every layer; gate and up; down) go through
+// Newton–Schulz as one batch, in chunks of at most kChunkElements, so that its GEMMs are few
+// and large rather than 15 small launches a matrix. Asynchronous on ctx.stream: no host sync
+// in a step.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "resbm/core/arena.hpp"
@@ -25,21 +30,34 @@ class CudaMuon {
   template <CudaParamArrays P>
   CudaMuon(CudaContext& ctx, const P& arrays, MuonConfig cfg = {})
       : ctx_(&ctx), cfg_(validated(cfg)), n_(arrays.size()), adamw_(ctx, arrays, cfg_.adamw, adamw_entries(arrays.layout())) {
-    size_t total = 0, largest = 0;
+    size_t total = 0;
+    std::map<std::pair<int64_t, int64_t>, std::vector<Matrix>> by_shape;  // in layout order within a shape
     for (const ParamInfo& p : arrays.layout().infos()) {
       if (p.kind != ParamKind::matrix) continue;
       RESBM_CHECK(p.rank == 2,
                   cat("matrix parameter '", p.name, "' has shape ", shape_str(p.shape, p.rank), ", not 2 dimensions"),
                   "declare hidden weights as [out, in], or give the entry another ParamKind");
-      matrices_.push_back({total, p.offset, p.shape[0], p.shape[1]});
+      by_shape[{p.shape[0], p.shape[1]}].push_back({total, p.offset});
       total += (p.numel + 15) / 16 * 16;
-      largest = std::max(largest, p.numel);
-      scratch_.reserve(p.shape[0], p.shape[1]);
+      ++matrices_;
+    }
+    int64_t largest = 0;
+    for (auto& [shape, ms] : by_shape) {
+      const auto [rows, cols] = shape;
+      const int64_t per = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, rows * cols));
+      for (size_t i = 0; i < ms.size(); i += size_t(per)) {
+        Batch b{rows, cols, {}};
+        b.matrices.assign(ms.begin() + i, ms.begin() + std::min(ms.size(), i + size_t(per)));
+        const int64_t count = int64_t(b.matrices.size());
+        scratch_.reserve(rows, cols, count);
+        largest = std::max(largest, count * rows * cols);
+        batches_.push_back(std::move(b));
+      }
     }
     momentum_.resize(total);
     momentum_.zero(ctx.stream);
-    u_.resize(largest);
-    o_.resize(largest);
+    u_.resize(size_t(largest));
+    o_.resize(size_t(largest));
   }
 
   // grad_scale multiplies the gradients first (the clipping coefficient), as CudaAdamW.
@@ -54,17 +72,22 @@ class CudaMuon {
     float* params = arrays.params();
     bf16* params16 = arrays.params_bf16();
     const float* grads = arrays.grads();
-    for (const Matrix& m : matrices_) {
-      const int64_t n = m.rows * m.cols;
-      const CudaTensor<float> u(u_.data(), {m.rows, m.cols});
-      const CudaTensor<bf16> o(o_.data(), {m.rows, m.cols});
-      ops::muon_momentum(ctx, CudaTensor<float>(momentum_.data() + m.state, {n}), u.reshape({n}),
-                         CudaTensor<const float>(grads + m.param, {n}), cfg_.momentum, cfg_.nesterov, grad_scale);
-      ops::newton_schulz5(ctx, o, u, cfg_.ns_steps, scratch_);
+    for (const Batch& b : batches_) {
+      const int64_t n = b.rows * b.cols, count = int64_t(b.matrices.size());
+      for (int64_t i = 0; i < count; ++i) {
+        const Matrix& m = b.matrices[size_t(i)];
+        ops::muon_momentum(ctx, CudaTensor<float>(momentum_.data() + m.state, {n}), CudaTensor<float>(u_.data() + i * n, {n}),
+                           CudaTensor<const float>(grads + m.param, {n}), cfg_.momentum, cfg_.nesterov, grad_scale);
+      }
+      ops::newton_schulz5(ctx, CudaTensor<bf16>(o_.data(), {count, b.rows, b.cols}),
+                          CudaTensor<const float>(u_.data(), {count, b.rows, b.cols}), cfg_.ns_steps, scratch_);
       // The CPU's shape factor: tall matrices to the RMS of wide ones (see optim::Muon).
-      const float alpha = lr * std::sqrt(std::max(1.0f, float(m.rows) / float(m.cols)));
-      ops::muon_apply(ctx, CudaTensor<float>(params + m.param, {n}), CudaTensor<bf16>(params16 + m.param, {n}),
-                      o.reshape({n}), shrink, alpha);
+      const float alpha = lr * std::sqrt(std::max(1.0f, float(b.rows) / float(b.cols)));
+      for (int64_t i = 0; i < count; ++i) {
+        const Matrix& m = b.matrices[size_t(i)];
+        ops::muon_apply(ctx, CudaTensor<float>(params + m.param, {n}), CudaTensor<bf16>(params16 + m.param, {n}),
+                        CudaTensor<const bf16>(o_.data() + i * n, {n}), shrink, alpha);
+      }
     }
     adamw_.step(arrays, lr_scale, grad_scale);
     ++steps_;
@@ -73,19 +96,29 @@ class CudaMuon {
   int64_t steps() const { return steps_; }
   const MuonConfig& config() const { return cfg_; }
   // Entries Newton–Schulz orthogonalises (the rest go to the AdamW half).
-  size_t matrices() const { return matrices_.size(); }
+  size_t matrices() const { return matrices_; }
+  // Newton–Schulz launches a step goes through: one batch per shape and chunk.
+  size_t batches() const { return batches_.size(); }
+
+  // A batch holds at most this many elements (at least one matrix): its iterates cost ~10
+  // bytes an element of device memory (fp32 update, bf16 X, Y, output, A and B).
+  static constexpr int64_t kChunkElements = int64_t(64) << 20;
 
  private:
   struct Matrix {
-    size_t state, param;
+    size_t state, param;  // where its momentum and its weights start
+  };
+  struct Batch {
     int64_t rows, cols;
+    std::vector<Matrix> matrices;
   };
 
   CudaContext* ctx_;
   MuonConfig cfg_;
   size_t n_;
   CudaAdamW adamw_;
-  std::vector<Matrix> matrices_;
+  size_t matrices_ = 0;
+  std::vector<Batch> batches_;
   DeviceBuffer<float> momentum_, u_;
   DeviceBuffer<bf16> o_;
   ops::CudaNewtonSchulzScratch scratch_;
