@@ -293,6 +293,48 @@ TEST_CASE("cuda cross entropy matches the CPU op") {
   }
 }
 
+// The global-norm clip's sum (several arrays, one read-back) and Muon's per-matrix sums
+// (left on the device), against a double sum on the host; both deterministic.
+TEST_CASE("cuda sum_squares and sum_squares_each_on_device match a host sum") {
+  const std::vector<int64_t> sizes{1, 1000, 300001};
+  std::vector<std::vector<float>> h;
+  std::vector<DeviceBuffer<float>> d;
+  std::vector<CudaTensor<const float>> views;
+  double want = 0;
+  for (int64_t n : sizes) {
+    h.push_back(randn(size_t(n), 3.0f));
+    d.push_back(upload(h.back()));
+    views.push_back(CudaTensor<const float>(d.back().data(), {n}));
+    for (float v : h.back()) want += double(v) * double(v);
+  }
+  const double got = ops::sum_squares(ctx(), views);
+  std::printf("  sum_squares of 3 arrays: %.10g (host %.10g)\n", got, want);
+  CHECK(std::abs(got - want) <= 1e-12 * want);
+  CHECK(ops::sum_squares(ctx(), views) == got);  // the same sum again, bit for bit
+
+  // 3 arrays of 70001 floats, 70011 apart (the gaps hold poison that must not be read)
+  const int64_t n = 70001, stride = 70011, count = 3;
+  std::vector<float> x(size_t(stride * count), NAN);
+  std::vector<double> each(count, 0.0);
+  const auto r = randn(size_t(n * count));
+  for (int64_t m = 0; m < count; ++m)
+    for (int64_t i = 0; i < n; ++i) {
+      x[size_t(m * stride + i)] = r[size_t(m * n + i)] * float(m + 1);
+      each[size_t(m)] += double(x[size_t(m * stride + i)]) * double(x[size_t(m * stride + i)]);
+    }
+  const auto dx = upload(x);
+  auto partials = poisoned<double>(ops::sum_squares_partials(count));
+  const double* sums = ops::sum_squares_each_on_device(ctx(), dx.data(), n, stride, int(count), partials.data());
+  ctx().synchronize();
+  std::vector<double> got_each(count);
+  RESBM_CUDA_CHECK(cudaMemcpy(got_each.data(), sums, size_t(count) * sizeof(double), cudaMemcpyDeviceToHost));
+  for (int64_t m = 0; m < count; ++m) {
+    std::printf("  sum_squares_each_on_device array %lld: %.10g (host %.10g)\n", (long long)m, got_each[size_t(m)],
+                each[size_t(m)]);
+    CHECK(std::abs(got_each[size_t(m)] - each[size_t(m)]) <= 1e-12 * each[size_t(m)]);
+  }
+}
+
 TEST_CASE("cuda adamw matches the CPU optimizer step for step") {
   const int64_t n = 10007;
   ParamArena<float> arena;
