@@ -191,6 +191,16 @@ TEST_CASE("cuda newton_schulz5 edge cases and errors", "[cuda][muon]") {
     CHECK(has(error(32, 32, 32, 32), "Newton-Schulz scratch is too small for 1 32 x 32 matrices"));
   }
   SECTION("an output of another shape is refused") { CHECK(has(error(8, 16, 16, 8), "Newton-Schulz output")); }
+  SECTION("a batch above the grid's limit is refused") {
+    DeviceBuffer<float> in(8);
+    DeviceBuffer<bf16> out(8);
+    const int64_t count = ops::kMaxNewtonSchulzBatch + 1;
+    CHECK(has(error_of([&] {
+                ops::newton_schulz5(ctx(), CudaTensor<bf16>(out.data(), {count, 0, 8}),
+                                    CudaTensor<const float>(in.data(), {count, 0, 8}), 5, scratch);
+              }),
+              "Newton-Schulz batch of 65536 matrices is above 65535"));
+  }
 }
 
 TEST_CASE("cuda Muon steps as the cpu Muon (Nesterov, no decay)", "[cuda][muon]") {

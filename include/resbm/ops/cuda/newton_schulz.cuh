@@ -27,6 +27,9 @@
 
 namespace resbm::ops {
 
+// The most matrices one newton_schulz5 call takes: its passes put the matrix in blockIdx.y.
+inline constexpr int64_t kMaxNewtonSchulzBatch = 65535;
+
 // Working memory of newton_schulz5 (device), sized once for the largest batch so that an
 // optimizer step never allocates.
 class CudaNewtonSchulzScratch {
@@ -121,6 +124,10 @@ inline void newton_schulz5(CudaContext& ctx, CudaTensor<bf16> out, CudaTensor<co
                   shape_str(in.shape, in.rank)),
               "pass an output of the input's shape");
   RESBM_CHECK(steps >= 0, cat("Newton-Schulz step count ", steps, " is negative"), "pass steps >= 0, e.g. 5");
+  RESBM_CHECK(count <= kMaxNewtonSchulzBatch,
+              cat("Newton-Schulz batch of ", count, " matrices is above ", kMaxNewtonSchulzBatch,
+                  " (a grid dimension)"),
+              "split the batch");
   RESBM_CHECK(scratch.fits(rows, cols, count),
               cat("Newton-Schulz scratch is too small for ", count, " ", rows, " x ", cols, " matrices"),
               "reserve(rows, cols, count) the scratch for the largest batch first");

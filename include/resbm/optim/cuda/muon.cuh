@@ -44,7 +44,8 @@ class CudaMuon {
     int64_t largest = 0;
     for (auto& [shape, ms] : by_shape) {
       const auto [rows, cols] = shape;
-      const int64_t per = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, rows * cols));
+      const int64_t per = std::clamp<int64_t>(kChunkElements / std::max<int64_t>(1, rows * cols), 1,
+                                              ops::kMaxNewtonSchulzBatch);
       for (size_t i = 0; i < ms.size(); i += size_t(per)) {
         Batch b{rows, cols, {}};
         b.matrices.assign(ms.begin() + i, ms.begin() + std::min(ms.size(), i + size_t(per)));
