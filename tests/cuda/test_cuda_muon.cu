@@ -28,8 +28,8 @@ double ns_err(int64_t rows, int64_t cols, int steps, float scale = 1.0f) {
   scratch.reserve(rows, cols);
   const auto din = upload(in);
   auto out = poisoned<bf16>(in.size() + 1);  // the extra element must stay poisoned
-  ops::newton_schulz5(ctx(), CudaTensor<bf16>(out.data(), {rows, cols}), CudaTensor<const float>(din.data(), {rows, cols}),
-                      steps, scratch);
+  ops::newton_schulz5(ctx(), CudaTensor<bf16>(out.data(), {rows, cols}),
+                      CudaTensor<const float>(din.data(), {rows, cols}), steps, scratch);
   const auto got = download(out);
   CHECK(std::isnan(got.back()));
   const double e = rel_err(got.data(), want.data(), want.size());

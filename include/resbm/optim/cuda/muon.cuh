@@ -29,7 +29,10 @@ class CudaMuon {
  public:
   template <CudaParamArrays P>
   CudaMuon(CudaContext& ctx, const P& arrays, MuonConfig cfg = {})
-      : ctx_(&ctx), cfg_(validated(cfg)), n_(arrays.size()), adamw_(ctx, arrays, cfg_.adamw, adamw_entries(arrays.layout())) {
+      : ctx_(&ctx),
+        cfg_(validated(cfg)),
+        n_(arrays.size()),
+        adamw_(ctx, arrays, cfg_.adamw, adamw_entries(arrays.layout())) {
     size_t total = 0;
     std::map<std::pair<int64_t, int64_t>, std::vector<Matrix>> by_shape;  // in layout order within a shape
     for (const ParamInfo& p : arrays.layout().infos()) {
@@ -77,8 +80,9 @@ class CudaMuon {
       const int64_t n = b.rows * b.cols, count = int64_t(b.matrices.size());
       for (int64_t i = 0; i < count; ++i) {
         const Matrix& m = b.matrices[size_t(i)];
-        ops::muon_momentum(ctx, CudaTensor<float>(momentum_.data() + m.state, {n}), CudaTensor<float>(u_.data() + i * n, {n}),
-                           CudaTensor<const float>(grads + m.param, {n}), cfg_.momentum, cfg_.nesterov, grad_scale);
+        ops::muon_momentum(ctx, CudaTensor<float>(momentum_.data() + m.state, {n}),
+                           CudaTensor<float>(u_.data() + i * n, {n}), CudaTensor<const float>(grads + m.param, {n}),
+                           cfg_.momentum, cfg_.nesterov, grad_scale);
       }
       ops::newton_schulz5(ctx, CudaTensor<bf16>(o_.data(), {count, b.rows, b.cols}),
                           CudaTensor<const float>(u_.data(), {count, b.rows, b.cols}), cfg_.ns_steps, scratch_);
