@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "resbm/resbm.hpp"
+#include "optimizer.hpp"
 #include "result_keys.hpp"
 
 namespace fs = std::filesystem;
@@ -50,17 +51,9 @@ double now_s() {
 }
 
 optim::AnyOptimizer make_optimizer(const Options& o, const ParamArena<float>& arena) {
-  optim::AdamWConfig adam;
-  adam.weight_decay = float(o.weight_decay);
-  if (o.optimizer == "adamw") {
-    adam.lr = o.lr > 0 ? float(o.lr) : 2e-3f;
-    return optim::AnyOptimizer(optim::AdamW(arena, adam));
-  }
-  adam.lr = o.adam_lr > 0 ? float(o.adam_lr) : 2e-3f;
-  optim::MuonConfig muon;
-  muon.lr = o.lr > 0 ? float(o.lr) : 0.02f;
-  muon.adamw = adam;
-  return optim::AnyOptimizer(optim::Muon(arena, muon));
+  const optim::OptimizerConfig cfg = examples::optimizer_config(o.optimizer, o.lr, o.adam_lr, o.weight_decay);
+  if (const auto* adam = std::get_if<optim::AdamWConfig>(&cfg)) return optim::AnyOptimizer(optim::AdamW(arena, *adam));
+  return optim::AnyOptimizer(optim::Muon(arena, std::get<optim::MuonConfig>(cfg)));
 }
 
 // The fields of a run that a checkpoint must agree with to be resumed.

@@ -27,6 +27,7 @@
 #include "resbm/io/metrics.hpp"
 #include "resbm/codec/presets.hpp"
 #include "resbm/pipeline/cuda/local.cuh"
+#include "../train/optimizer.hpp"
 #include "../train/result_keys.hpp"
 #include "resbm/optim/schedule.hpp"
 
@@ -67,20 +68,7 @@ template <class Codec>
 int train(const Options& o, const nn::LlamaConfig& cfg, const data::Split& split) {
   CudaContext ctx(device_id(o.device));
   ctx.autotune = o.autotune;
-  // resbm-train's make_optimizer: its defaults, and Muon's AdamW half for the non-matrices
-  optim::AdamWConfig adam;
-  adam.weight_decay = float(o.weight_decay);
-  optim::CudaOptimizerConfig oc;
-  if (o.optimizer == "adamw") {
-    adam.lr = o.lr > 0 ? float(o.lr) : 2e-3f;
-    oc = adam;
-  } else {
-    adam.lr = o.adam_lr > 0 ? float(o.adam_lr) : 2e-3f;
-    optim::MuonConfig muon;
-    muon.lr = o.lr > 0 ? float(o.lr) : 0.02f;
-    muon.adamw = adam;
-    oc = muon;
-  }
+  const optim::OptimizerConfig oc = examples::optimizer_config(o.optimizer, o.lr, o.adam_lr, o.weight_decay);
   const int64_t micro = o.batch / o.micro_batches;
   pipeline::CudaLocalPipeline<Codec> pipe(ctx, cfg, o.stages, micro, oc);
   for (auto& st : pipe.stages()) st->model().fuse_projections = o.fuse_projections;

@@ -87,7 +87,7 @@ void compare_steps(const optim::MuonConfig& cfg) {
   Arrays& gpu = t.gpu;
   const std::vector<float>& init = t.init;
   optim::Muon muon(cpu, cfg);
-  optim::CudaAnyOptimizer cuda(ctx(), gpu, optim::CudaOptimizerConfig(cfg));
+  optim::CudaAnyOptimizer cuda(ctx(), gpu, optim::OptimizerConfig(cfg));
   REQUIRE(cuda.is_muon());
   {
     optim::CudaMuon probe(ctx(), gpu, cfg);

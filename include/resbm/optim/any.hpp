@@ -9,6 +9,10 @@
 
 namespace resbm::optim {
 
+// What --optimizer picks, as data: AdamW's config or Muon's (the GPU's CudaAnyOptimizer is
+// built from one as well).
+using OptimizerConfig = std::variant<AdamWConfig, MuonConfig>;
+
 class AnyOptimizer {
  public:
   explicit AnyOptimizer(AdamW o) : o_(std::move(o)) {}

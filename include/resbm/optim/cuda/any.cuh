@@ -5,17 +5,16 @@
 #include <optional>
 #include <variant>
 
+#include "resbm/optim/any.hpp"
 #include "resbm/optim/cuda/adamw.cuh"
 #include "resbm/optim/cuda/muon.cuh"
 
 namespace resbm::optim {
 
-using CudaOptimizerConfig = std::variant<AdamWConfig, MuonConfig>;
-
 class CudaAnyOptimizer {
  public:
   template <CudaParamArrays P>
-  CudaAnyOptimizer(CudaContext& ctx, const P& arrays, const CudaOptimizerConfig& cfg) {
+  CudaAnyOptimizer(CudaContext& ctx, const P& arrays, const OptimizerConfig& cfg) {
     if (const auto* a = std::get_if<AdamWConfig>(&cfg)) adamw_.emplace(ctx, arrays, *a);
     else muon_.emplace(ctx, arrays, std::get<MuonConfig>(cfg));
   }

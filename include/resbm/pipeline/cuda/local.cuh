@@ -7,7 +7,8 @@
 // A stage is a CudaLlama slice plus the GPU halves of the codec at its boundaries (the
 // decoder of the one it receives from, the encoder of the one it sends to), each with its
 // own fp32 masters and optimizer (CudaAdamW or CudaMuon, as the config passed says: the
-// CPU stage's one optimizer over its arena makes the same per-entry updates). One training step = M micro-batches (gradient
+// CPU stage's one optimizer over its arena makes the same per-entry updates). One training
+// step = M micro-batches (gradient
 // accumulation, loss scaled by 1/M), one global gradient norm over every stage and codec
 // half (one read-back), one clip factor, one optimizer step per parameter set: the CPU
 // LocalPipeline's step, so the CPU and the GPU give the same losses to bf16 tolerance.
@@ -50,7 +51,7 @@ class CudaStage {
   };
 
   CudaStage(CudaContext& ctx, const nn::LlamaConfig& cfg, int stage, int n_stages,
-            const optim::CudaOptimizerConfig& oc)
+            const optim::OptimizerConfig& oc)
       : cfg_(cfg),
         stage_(stage),
         model_(ctx, cfg, partition(cfg.n_layers, n_stages).at(size_t(stage))),
@@ -167,7 +168,7 @@ class CudaLocalPipeline {
   using Stage = CudaStage<Codec>;
 
   CudaLocalPipeline(CudaContext& ctx, const nn::LlamaConfig& cfg, int n_stages, int64_t micro_batch,
-                    const optim::CudaOptimizerConfig& oc = optim::AdamWConfig{})
+                    const optim::OptimizerConfig& oc = optim::AdamWConfig{})
       : ctx_(&ctx), cfg_(cfg), micro_batch_(micro_batch) {
     RESBM_CHECK(micro_batch > 0, cat("micro-batch of ", micro_batch, " sequences"), "pass --batch >= --micro-batches");
     for (int s = 0; s < n_stages; ++s) {
