@@ -28,8 +28,99 @@ double seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 }  // namespace
 
-// The only timed assertions of the transport tests: rate and latency are the feature.
-TEST_CASE("shaped: the delivered rate is the configured bandwidth (within 10%)") {
+// The pacing itself is tested on made-up times (ShapeSchedule); the tests on the wall
+// clock below only check that Shaped waits for those times. Their bounds are one-sided
+// (never faster than configured), which a loaded machine cannot break.
+
+namespace {
+
+using Slot = ShapeSchedule::Slot;
+
+// Frames offered back to back, each as soon as the one ahead has left (as Shaped's
+// blocking send() offers them).
+std::vector<Slot> back_to_back(ShapeSchedule& s, Clock::time_point t0, int frames, uint64_t bytes) {
+  std::vector<Slot> out;
+  auto now = t0;
+  for (int i = 0; i < frames; ++i) {
+    out.push_back(s.admit(now, bytes));
+    now = out.back().sent;
+  }
+  return out;
+}
+
+double ms(Clock::duration d) { return seconds(d) * 1e3; }
+
+}  // namespace
+
+TEST_CASE("shape schedule: the long-run rate is the configured bandwidth, after one burst") {
+  ShapeOptions o;
+  o.bytes_per_second = 50e6;
+  Clock::time_point t0{};
+  ShapeSchedule s(o, t0);
+  const uint64_t frame = (1u << 20) + kHeaderSize;
+  auto slots = back_to_back(s, t0, 20, frame);
+  // The bucket starts full, so the first burst_bytes leave at once.
+  double expect = (20.0 * double(frame) - double(o.burst_bytes)) / 50e6;
+  REQUIRE(seconds(slots.back().sent - t0) == Approx(expect).margin(1e-6));
+  for (size_t i = 1; i < slots.size(); ++i)
+    REQUIRE(seconds(slots[i].sent - slots[i - 1].sent) == Approx(double(frame) / 50e6).margin(1e-6));
+  for (auto& sl : slots) REQUIRE(sl.due == sl.sent);  // no latency configured
+}
+
+TEST_CASE("shape schedule: an idle link refills its bucket up to the burst, no further") {
+  ShapeOptions o;
+  o.bytes_per_second = 1e6;
+  o.burst_bytes = 10000;
+  Clock::time_point t0{};
+  ShapeSchedule s(o, t0);
+  REQUIRE(s.admit(t0, 10000).sent == t0);                        // the full bucket
+  auto second = s.admit(t0, 5000);                               // 5 ms of debt
+  REQUIRE(ms(second.sent - t0) == Approx(5.0).margin(1e-3));
+  auto later = t0 + std::chrono::seconds(10);                    // idle far past the burst
+  REQUIRE(s.admit(later, 10000).sent == later);
+  REQUIRE(ms(s.admit(later, 3000).sent - later) == Approx(3.0).margin(1e-3));
+  ShapeOptions unlimited;
+  ShapeSchedule u(unlimited, t0);
+  REQUIRE(u.admit(t0, uint64_t(1) << 40).sent == t0);            // 0 bytes/s: no limit
+}
+
+TEST_CASE("shape schedule: latency is added after transmission and overlaps the next frames") {
+  ShapeOptions o;
+  o.bytes_per_second = 10e6;  // a 200 kB frame takes 20 ms on the wire
+  o.burst_bytes = 0;
+  o.latency = 100ms;
+  Clock::time_point t0{};
+  ShapeSchedule s(o, t0);
+  auto slots = back_to_back(s, t0, 10, 200000);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    REQUIRE(ms(slots[i].sent - t0) == Approx(20.0 * double(i + 1)).margin(1e-3));
+    REQUIRE(slots[i].due - slots[i].sent == 100ms);
+  }
+  INFO("pipelined 300 ms, serialised 1200 ms");
+  REQUIRE(ms(slots.back().due - t0) == Approx(300.0).margin(1e-3));
+}
+
+TEST_CASE("shape schedule: jitter never lets a frame overtake the one ahead") {
+  ShapeOptions o;
+  o.latency = 20ms;
+  o.jitter = 15ms;
+  o.seed = 7;
+  Clock::time_point t0{};
+  ShapeSchedule s(o, t0);
+  Clock::time_point last{};
+  int held = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto now = t0 + std::chrono::milliseconds(i);
+    auto sl = s.admit(now, 100);
+    REQUIRE(sl.due >= last);
+    REQUIRE(sl.due >= now + s.delay_of(uint64_t(i)));
+    held += sl.due > now + s.delay_of(uint64_t(i));  // held back behind a slower frame
+    last = sl.due;
+  }
+  REQUIRE(held > 0);  // the seed's jitter does reorder some frames' own delays
+}
+
+TEST_CASE("shaped: send() waits for the bandwidth, and delivers every frame in order") {
   auto [a, b] = make_in_process_pair();
   ShapeOptions o;
   o.bytes_per_second = 50e6;
@@ -39,7 +130,10 @@ TEST_CASE("shaped: the delivered rate is the configured bandwidth (within 10%)")
   Clock::time_point last;
   int bad = 0;
   std::thread rx([&] {
-    for (int i = 0; i < kFrames; ++i) bad += b.recv(Kind::activation, 10s).header.micro_batch != uint32_t(i);
+    for (int i = 0; i < kFrames; ++i) {
+      auto m = b.recv(Kind::activation, 30s);
+      bad += m.header.micro_batch != uint32_t(i) || m.payload != frame;
+    }
     last = Clock::now();
   });
   auto t0 = Clock::now();
@@ -47,17 +141,16 @@ TEST_CASE("shaped: the delivered rate is the configured bandwidth (within 10%)")
   rx.join();
   REQUIRE(bad == 0);
   double bytes = double(kFrames) * double(frame.size() + kHeaderSize);
-  double rate = bytes / seconds(last - t0);
-  INFO("delivered " << rate / 1e6 << " MB/s, configured 50 MB/s");
-  REQUIRE(rate > 0.9 * 50e6);
-  REQUIRE(rate < 1.1 * 50e6);
-  REQUIRE(s.stats().send_seconds > 0.3);  // send() blocked on the bandwidth, as on a wire
+  double floor = (bytes - double(o.burst_bytes)) / 50e6;
+  INFO("took " << seconds(last - t0) << " s; the schedule allows no less than " << floor << " s");
+  REQUIRE(seconds(last - t0) >= 0.99 * floor);
+  REQUIRE(s.stats().send_seconds >= 0.99 * floor);  // send() blocked on the bandwidth, as on a wire
   REQUIRE(b.stats().bytes_received == uint64_t(bytes));
   s.close();  // the inner link's counters are final once the delivery thread is done
   REQUIRE(s.stats().bytes_sent == uint64_t(bytes));
 }
 
-TEST_CASE("shaped: the added one-way latency is the configured one (within 20%)") {
+TEST_CASE("shaped: a frame arrives no sooner than the configured latency") {
   auto [a, b] = make_in_process_pair();
   ShapeOptions o;
   o.latency = 80ms;
@@ -65,33 +158,12 @@ TEST_CASE("shaped: the added one-way latency is the configured one (within 20%)"
   for (int i = 0; i < 4; ++i) {
     auto t0 = Clock::now();
     s.send(header(uint32_t(i)), std::vector<std::byte>(100));
-    REQUIRE(seconds(Clock::now() - t0) < 0.02);  // send() does not wait out the latency
-    b.recv(Kind::activation, 5s);
-    double took = seconds(Clock::now() - t0);
-    INFO("one-way " << took * 1e3 << " ms, configured 80 ms");
-    REQUIRE(took > 0.8 * 0.080);
-    REQUIRE(took < 1.2 * 0.080);
+    auto m = b.recv(Kind::activation, 30s);
+    auto took = Clock::now() - t0;
+    INFO("one-way " << ms(took) << " ms, configured 80 ms");
+    REQUIRE(m.header.micro_batch == uint32_t(i));
+    REQUIRE(took >= 80ms);
   }
-}
-
-TEST_CASE("shaped: latency overlaps the next frames' transmission") {
-  auto [a, b] = make_in_process_pair();
-  ShapeOptions o;
-  o.bytes_per_second = 10e6;  // a 200 kB frame takes 20 ms on the wire
-  o.burst_bytes = 0;
-  o.latency = 100ms;
-  Shaped<InProcessLink> s(std::move(a), o);
-  std::vector<std::byte> frame(200000 - kHeaderSize);
-  auto t0 = Clock::now();
-  std::thread rx([&] {
-    for (int i = 0; i < 10; ++i) b.recv(Kind::activation, 5s);
-  });
-  for (int i = 0; i < 10; ++i) s.send(header(uint32_t(i)), frame);
-  rx.join();
-  double took = seconds(Clock::now() - t0);
-  INFO("10 frames took " << took * 1e3 << " ms; pipelined 300 ms, serialised 1200 ms");
-  REQUIRE(took > 0.8 * 0.300);
-  REQUIRE(took < 1.2 * 0.300);
 }
 
 TEST_CASE("shaped: jitter is deterministic for a seed, bounded, and keeps frame order") {

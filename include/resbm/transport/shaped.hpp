@@ -43,19 +43,72 @@ struct ShapeOptions {
   uint64_t seed = 0;                           // the jitter sequence is a function of the seed
 };
 
+// When each frame leaves and when it is due at the far end: a token bucket for the
+// bandwidth, then latency + jitter, never earlier than the frame ahead. A plain value
+// with the clock passed in, so that the pacing is tested exactly on made-up times, and
+// Shaped only sleeps until the times it returns.
+class ShapeSchedule {
+ public:
+  using Clock = std::chrono::steady_clock;
+  struct Slot {
+    Clock::time_point sent;  // the last byte has left the sender's NIC
+    Clock::time_point due;   // the frame is handed to the far end
+  };
+
+  ShapeSchedule(const ShapeOptions& opt, Clock::time_point start)
+      : opt_(opt), tokens_(double(opt.burst_bytes)), last_refill_(start) {}
+
+  // Admits a frame of `bytes` (header included) offered at `now`; frames are admitted in
+  // the order they are sent, with non-decreasing `now`.
+  Slot admit(Clock::time_point now, uint64_t bytes) {
+    Slot s{now, now};
+    if (opt_.bytes_per_second > 0) {
+      // Tokens may go negative: a frame larger than the bucket waits for its own debt, so
+      // the long-run rate is exactly bytes_per_second whatever the frame sizes.
+      tokens_ = std::min(double(opt_.burst_bytes),
+                         tokens_ + opt_.bytes_per_second * std::chrono::duration<double>(now - last_refill_).count());
+      last_refill_ = now;
+      tokens_ -= double(bytes);
+      if (tokens_ < 0)
+        s.sent += std::chrono::duration_cast<Clock::duration>(
+            std::chrono::duration<double>(-tokens_ / opt_.bytes_per_second));
+    }
+    s.due = std::max(s.sent + delay_of(admitted_), last_due_);
+    last_due_ = s.due;
+    ++admitted_;
+    return s;
+  }
+
+  // The one-way delay drawn for the i-th frame (0-based): latency plus jitter from
+  // Philox(seed, i), so two runs with one seed see the same delays.
+  std::chrono::microseconds delay_of(uint64_t i) const {
+    if (opt_.jitter.count() == 0) return opt_.latency;
+    double u = Philox::uniform(opt_.seed, kJitterStream, i);  // (0, 1)
+    auto d = opt_.latency.count() + int64_t(std::llround((2.0 * u - 1.0) * double(opt_.jitter.count())));
+    return std::chrono::microseconds(std::max<int64_t>(d, 0));
+  }
+
+ private:
+  static constexpr uint64_t kJitterStream = 0x4A4954544552ull;  // "JITTER"
+
+  ShapeOptions opt_;
+  double tokens_;
+  Clock::time_point last_refill_;
+  Clock::time_point last_due_{};
+  uint64_t admitted_ = 0;
+};
+
 template <Link L>
 class Shaped {
  public:
   using Clock = std::chrono::steady_clock;
 
-  Shaped(L inner, ShapeOptions opt) : inner_(std::move(inner)), opt_(opt) {
+  Shaped(L inner, ShapeOptions opt) : inner_(std::move(inner)), opt_(opt), schedule_(opt, Clock::now()) {
     RESBM_CHECK(opt_.bytes_per_second >= 0,
                 cat("shaped link bandwidth ", opt_.bytes_per_second, " bytes/s is negative"),
                 "pass a positive rate, or 0 for no limit");
     RESBM_CHECK(opt_.latency.count() >= 0 && opt_.jitter.count() >= 0,
                 "shaped link latency and jitter must not be negative", "pass durations >= 0");
-    tokens_ = double(opt_.burst_bytes);
-    last_refill_ = Clock::now();
     worker_ = std::thread([this] { deliver_loop(); });
   }
   Shaped(const Shaped&) = delete;
@@ -68,27 +121,11 @@ class Shaped {
     rethrow_delivery_error();
     RESBM_CHECK(!closed_, cat("cannot send ", kind_name(h.kind), " frame: shaped link to ", peer(), " is closed"),
                 "do not send after close()");
-    auto done = t0;
-    if (opt_.bytes_per_second > 0) {
-      // Tokens may go negative: a frame larger than the bucket waits for its own debt, so
-      // the long-run rate is exactly bytes_per_second whatever the frame sizes.
-      auto now = Clock::now();
-      tokens_ = std::min(double(opt_.burst_bytes),
-                         tokens_ + opt_.bytes_per_second * std::chrono::duration<double>(now - last_refill_).count());
-      last_refill_ = now;
-      tokens_ -= double(kHeaderSize + payload.size());
-      done = now;
-      if (tokens_ < 0) {
-        done += std::chrono::duration_cast<Clock::duration>(
-            std::chrono::duration<double>(-tokens_ / opt_.bytes_per_second));
-        // Holding send_mu_ while waiting is the point: concurrent senders share one wire.
-        std::this_thread::sleep_until(done);
-      }
-    }
+    auto slot = schedule_.admit(Clock::now(), kHeaderSize + payload.size());
+    // Holding send_mu_ while waiting is the point: concurrent senders share one wire.
+    std::this_thread::sleep_until(slot.sent);
     Pending p;
-    p.due = std::max(done + delay_of(sent_), last_due_);
-    last_due_ = p.due;
-    ++sent_;
+    p.due = slot.due;
     p.header = h;
     p.payload.assign(payload.begin(), payload.end());
     {
@@ -137,21 +174,13 @@ class Shaped {
     return s;
   }
 
-  // The one-way delay drawn for the i-th frame sent (0-based): latency plus jitter from
-  // Philox(seed, i), so two runs with one seed see the same delays.
-  std::chrono::microseconds delay_of(uint64_t i) const {
-    if (opt_.jitter.count() == 0) return opt_.latency;
-    double u = Philox::uniform(opt_.seed, kJitterStream, i);  // (0, 1)
-    auto d = opt_.latency.count() + int64_t(std::llround((2.0 * u - 1.0) * double(opt_.jitter.count())));
-    return std::chrono::microseconds(std::max<int64_t>(d, 0));
-  }
+  // The one-way delay drawn for the i-th frame sent (0-based); see ShapeSchedule.
+  std::chrono::microseconds delay_of(uint64_t i) const { return schedule_.delay_of(i); }
 
   const ShapeOptions& options() const { return opt_; }
   L& inner() { return inner_; }
 
  private:
-  static constexpr uint64_t kJitterStream = 0x4A4954544552ull;  // "JITTER"
-
   struct Pending {
     Clock::time_point due;
     FrameHeader header;
@@ -190,11 +219,8 @@ class Shaped {
   L inner_;
   ShapeOptions opt_;
 
-  mutable std::mutex send_mu_;  // the token bucket, the frame counter, blocked time
-  double tokens_ = 0;
-  Clock::time_point last_refill_;
-  Clock::time_point last_due_{};
-  uint64_t sent_ = 0;
+  mutable std::mutex send_mu_;  // the schedule, blocked time
+  ShapeSchedule schedule_;
   double blocked_seconds_ = 0;
   bool closed_ = false;
 
