@@ -260,11 +260,13 @@ TEST_CASE("TCP: recv timeouts shorter and longer than the stall timeout, one aft
   TcpLink b = server.get();
   auto t0 = std::chrono::steady_clock::now();
   REQUIRE_THROWS_AS(a.recv(Kind::gradient, 150ms), LinkTimeout);
+  // The upper bounds are loose on purpose (a loaded CI machine): a wait left to the socket's
+  // 3 s stall timeout would take 3 s.
   REQUIRE(since(t0) >= 0.14);
-  REQUIRE(since(t0) < 1.0);
+  REQUIRE(since(t0) < 2.0);
   t0 = std::chrono::steady_clock::now();
   REQUIRE_THROWS_AS(a.recv(Kind::gradient, 20ms), LinkTimeout);
-  REQUIRE(since(t0) < 0.5);
+  REQUIRE(since(t0) < 2.0);
   std::thread late([&] {
     std::this_thread::sleep_for(600ms);
     b.send(header(Kind::gradient, 1, 0), pattern(100000, 5));
