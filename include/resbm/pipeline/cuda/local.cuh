@@ -8,10 +8,10 @@
 // decoder of the one it receives from, the encoder of the one it sends to), each with its
 // own fp32 masters and optimizer (CudaAdamW or CudaMuon, as the config passed says: the
 // CPU stage's one optimizer over its arena makes the same per-entry updates). One training
-// step = M micro-batches (gradient
-// accumulation, loss scaled by 1/M), one global gradient norm over every stage and codec
-// half (one read-back), one clip factor, one optimizer step per parameter set: the CPU
-// LocalPipeline's step, so the CPU and the GPU give the same losses to bf16 tolerance.
+// step = M micro-batches (gradient accumulation, loss scaled by 1/M), one global gradient
+// norm over every stage and codec half (one read-back), one clip factor, one optimizer step
+// per parameter set: the CPU LocalPipeline's step, so the CPU and the GPU give the same
+// losses to bf16 tolerance.
 //
 // Host syncs per micro-batch: one, the loss's read-back, which also brings back the wire
 // statuses of every boundary (queued before it; a non-finite value at a boundary is reported
