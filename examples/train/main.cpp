@@ -521,8 +521,7 @@ int run(int argc, char** argv) {
   RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.eval_batches > 0,
               "--warmup, --eval-every and --save-every must be >= 0, --eval-batches > 0", "fix the flag values");
   RESBM_CHECK(o.save_every == 0 || !o.save.empty(), "--save-every needs --save DIR", "pass --save DIR");
-  RESBM_CHECK(o.optimizer == "adamw" || o.optimizer == "muon", cat("unknown optimizer '", o.optimizer, "'"),
-              "pass --optimizer adamw or muon");
+  examples::check_optimizer_name(o.optimizer);
 
   RESBM_CHECK(o.resume.empty() || fs::is_directory(o.resume),
               cat("checkpoint directory '", o.resume, "' does not exist"),

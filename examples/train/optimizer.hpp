@@ -8,8 +8,15 @@
 
 namespace resbm::examples {
 
+// --optimizer's values; the trainers call it with the other flag checks, before any work.
+inline void check_optimizer_name(const std::string& name) {
+  RESBM_CHECK(name == "adamw" || name == "muon", cat("unknown optimizer '", name, "'"),
+              "pass --optimizer adamw or muon");
+}
+
 inline optim::OptimizerConfig optimizer_config(const std::string& name, double lr, double adam_lr,
                                                double weight_decay) {
+  check_optimizer_name(name);
   optim::AdamWConfig adam;
   adam.weight_decay = float(weight_decay);
   if (name == "adamw") {

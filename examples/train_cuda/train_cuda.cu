@@ -213,8 +213,7 @@ int resbm_train_cuda(int argc, char** argv) {
               "resume", "resume-step", "skip-nonfinite", "stop-after"},
              "is not supported with --device cuda yet", "drop it, or train on the CPU (--device cpu)");
   if (!cli.parse(argc, argv)) return 0;
-  RESBM_CHECK(o.optimizer == "adamw" || o.optimizer == "muon", cat("unknown optimizer '", o.optimizer, "'"),
-              "pass --optimizer adamw or muon");
+  examples::check_optimizer_name(o.optimizer);
   RESBM_CHECK(o.steps > 0 && o.batch > 0, "--steps and --batch must be positive", "pass positive values");
   RESBM_CHECK(o.warmup >= 0 && o.eval_every >= 0 && o.eval_batches > 0 && o.skip_steps >= 0,
               "--warmup, --eval-every, --skip-steps must be >= 0 and --eval-batches > 0", "fix the flag values");

@@ -517,6 +517,9 @@ TEST_CASE("Bad configurations and misuse are resbm::Error") {
   CHECK_THROWS_AS(adam([](AdamWConfig& c) { c.weight_decay = -0.1f; }), Error);
   CHECK_THROWS_AS(AdamW(arena, {}, {0, 0}), Error);
   CHECK_THROWS_AS(AdamW(arena, {}, {99}), Error);
+  CHECK_THROWS_WITH(AdamW(arena, {}, {0, 0}), Catch::Matchers::Contains("AdamW entry 0 (") &&
+                                                  Catch::Matchers::Contains("') listed twice"));
+  CHECK_THROWS_WITH(AdamW(arena, {}, {99}), Catch::Matchers::Contains("AdamW entry 99 is out of range (the arena has"));
 
   auto muon = [&](auto edit) {
     MuonConfig c;

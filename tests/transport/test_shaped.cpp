@@ -84,6 +84,21 @@ TEST_CASE("shape schedule: an idle link refills its bucket up to the burst, no f
   REQUIRE(u.admit(t0, uint64_t(1) << 40).sent == t0);            // 0 bytes/s: no limit
 }
 
+TEST_CASE("shape schedule: negative options are refused, naming the fix") {
+  ShapeOptions rate;
+  rate.bytes_per_second = -1;
+  CHECK(has(error_of([&] { (void)ShapeSchedule(rate, Clock::time_point{}); }),
+            "shaped link bandwidth -1 bytes/s is negative"));
+  ShapeOptions late;
+  late.jitter = -1ms;
+  const std::string e = error_of([&] { (void)ShapeSchedule(late, Clock::time_point{}); });
+  CHECK(has(e, "latency and jitter must not be negative"));
+  CHECK(has(e, "pass durations >= 0"));
+  // Shaped refuses them too, before its delivery thread starts.
+  auto [a, b] = make_in_process_pair();
+  CHECK(has(error_of([&] { Shaped<InProcessLink> s(std::move(a), rate); }), "bytes/s is negative"));
+}
+
 TEST_CASE("shape schedule: latency is added after transmission and overlaps the next frames") {
   ShapeOptions o;
   o.bytes_per_second = 10e6;  // a 200 kB frame takes 20 ms on the wire

@@ -50,10 +50,30 @@ inline void check_lr_scale(float lr_scale) {
               "pass the schedule's multiplier (lr_multiplier) or 1");
 }
 
+// Every entry of `arena`, in order: what an AdamW over the whole arena steps.
+inline std::vector<size_t> all_entries(const ParamArena<float>& arena) {
+  std::vector<size_t> e(arena.infos().size());
+  for (size_t i = 0; i < e.size(); ++i) e[i] = i;
+  return e;
+}
+
+// Refuses an entry list (indices into arena.infos()) with an index out of range or one
+// listed twice; `who` names the optimizer in the message (AdamW, CudaAdamW).
+inline void check_entries(const ParamArena<float>& arena, const std::vector<size_t>& entries, const char* who) {
+  std::vector<bool> seen(arena.infos().size(), false);
+  for (size_t e : entries) {
+    RESBM_CHECK(e < seen.size(), cat(who, " entry ", e, " is out of range (the arena has ", seen.size(), " entries)"),
+                "pass indices into arena.infos()");
+    RESBM_CHECK(!seen[e], cat(who, " entry ", e, " ('", arena.info(e).name, "') listed twice"),
+                "list every entry once");
+    seen[e] = true;
+  }
+}
+
 class AdamW {
  public:
   // Every entry of `arena`; m and v are laid out exactly like the arena.
-  AdamW(const ParamArena<float>& arena, AdamWConfig cfg = {}) : AdamW(arena, cfg, all(arena)) {}
+  AdamW(const ParamArena<float>& arena, AdamWConfig cfg = {}) : AdamW(arena, cfg, all_entries(arena)) {}
 
   // Only `entries` (indices into arena.infos()); the others are never touched.
   AdamW(const ParamArena<float>& arena, AdamWConfig cfg, std::vector<size_t> entries)
@@ -63,15 +83,9 @@ class AdamW {
                 "call arena.allocate() before building the optimizer");
     arena_size_ = arena.size();
     arena_entries_ = arena.infos().size();
-    std::vector<bool> seen(arena_entries_, false);
+    check_entries(arena, entries_, "AdamW");
     size_t total = 0;
     for (size_t e : entries_) {
-      RESBM_CHECK(e < arena_entries_, cat("AdamW entry ", e, " is out of range (the arena has ",
-                                          arena_entries_, " entries)"),
-                  "pass indices into arena.infos()");
-      RESBM_CHECK(!seen[e], cat("AdamW entry ", e, " ('", arena.info(e).name, "') listed twice"),
-                  "list every entry once");
-      seen[e] = true;
       const ParamInfo& p = arena.info(e);
       offsets_.push_back(total);
       names_.push_back(p.name);
@@ -146,12 +160,6 @@ class AdamW {
     size_t param, state, n;
     bool decay;
   };
-
-  static std::vector<size_t> all(const ParamArena<float>& arena) {
-    std::vector<size_t> e(arena.infos().size());
-    for (size_t i = 0; i < e.size(); ++i) e[i] = i;
-    return e;
-  }
 
   Tensor<float> view(Buffer<float>& b, size_t k) {
     Tensor<float> t;

@@ -56,7 +56,15 @@ class ShapeSchedule {
   };
 
   ShapeSchedule(const ShapeOptions& opt, Clock::time_point start)
-      : opt_(opt), tokens_(double(opt.burst_bytes)), last_refill_(start) {}
+      : opt_(opt), tokens_(double(opt.burst_bytes)), last_refill_(start) {
+    RESBM_CHECK(opt_.bytes_per_second >= 0,
+                cat("shaped link bandwidth ", opt_.bytes_per_second, " bytes/s is negative"),
+                "pass a positive rate, or 0 for no limit");
+    RESBM_CHECK(opt_.latency.count() >= 0 && opt_.jitter.count() >= 0,
+                "shaped link latency and jitter must not be negative", "pass durations >= 0");
+  }
+
+  const ShapeOptions& options() const { return opt_; }
 
   // Admits a frame of `bytes` (header included) offered at `now`; frames are admitted in
   // the order they are sent, with non-decreasing `now`.
@@ -103,12 +111,7 @@ class Shaped {
  public:
   using Clock = std::chrono::steady_clock;
 
-  Shaped(L inner, ShapeOptions opt) : inner_(std::move(inner)), opt_(opt), schedule_(opt, Clock::now()) {
-    RESBM_CHECK(opt_.bytes_per_second >= 0,
-                cat("shaped link bandwidth ", opt_.bytes_per_second, " bytes/s is negative"),
-                "pass a positive rate, or 0 for no limit");
-    RESBM_CHECK(opt_.latency.count() >= 0 && opt_.jitter.count() >= 0,
-                "shaped link latency and jitter must not be negative", "pass durations >= 0");
+  Shaped(L inner, const ShapeOptions& opt) : inner_(std::move(inner)), schedule_(opt, Clock::now()) {
     worker_ = std::thread([this] { deliver_loop(); });
   }
   Shaped(const Shaped&) = delete;
@@ -177,7 +180,7 @@ class Shaped {
   // The one-way delay drawn for the i-th frame sent (0-based); see ShapeSchedule.
   std::chrono::microseconds delay_of(uint64_t i) const { return schedule_.delay_of(i); }
 
-  const ShapeOptions& options() const { return opt_; }
+  const ShapeOptions& options() const { return schedule_.options(); }
   L& inner() { return inner_; }
 
  private:
@@ -217,7 +220,6 @@ class Shaped {
   }
 
   L inner_;
-  ShapeOptions opt_;
 
   mutable std::mutex send_mu_;  // the schedule, blocked time
   ShapeSchedule schedule_;

@@ -176,14 +176,6 @@ void gemm(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, in
   gemm_batched<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
-// out[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + addend[M,N] (row-major, leading dimension
-// ldc for both; addend and out are the same array or do not overlap). The residual adds
-// ride on it: cuBLASLt reads the residual stream as C and writes D elsewhere, so the
-// stream is not first copied into the output.
-template <class TC>
-void gemm_add(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-              const bf16* A, int64_t lda, const bf16* B, int64_t ldb, const TC* addend, TC* out, int64_t ldc);
-
 // `batch` of out_i = alpha · op(A_i) · op(B_i) + beta · addend_i (strides as gemm_batched;
 // addend_i and out_i share ldc and stride_c). Newton–Schulz's b·A + c·A·A and a·X + B·X
 // over a batch of matrices, one call each.
@@ -194,6 +186,11 @@ void gemm_add_batched(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, i
   cuda_detail_matmul::lt_gemm<TC>(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta,
                                   addend, out, ldc, stride_c, batch);
 }
+
+// out[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + addend[M,N] (row-major, leading dimension
+// ldc for both; addend and out are the same array or do not overlap). The residual adds
+// ride on it: cuBLASLt reads the residual stream as C and writes D elsewhere, so the
+// stream is not first copied into the output.
 template <class TC>
 void gemm_add(CudaContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const bf16* A, int64_t lda, const bf16* B, int64_t ldb, const TC* addend, TC* out, int64_t ldc) {

@@ -39,21 +39,20 @@ class CudaNewtonSchulzScratch {
     RESBM_CHECK(rows >= 0 && cols >= 0 && count >= 0,
                 cat("Newton-Schulz batch of ", count, " ", rows, " x ", cols, " matrices is negative"),
                 "pass sizes >= 0");
-    const auto [r, c] = padded(rows, cols);
-    if (size_t(count * r * c) > x_.size()) {
-      x_.resize(size_t(count * r * c));
-      y_.resize(size_t(count * r * c));
+    const Sizes n = sizes(rows, cols, count);
+    if (n.xy > x_.size()) {
+      x_.resize(n.xy);
+      y_.resize(n.xy);
     }
-    if (size_t(count * r * r) > a_.size()) {
-      a_.resize(size_t(count * r * r));
-      b_.resize(size_t(count * r * r));
+    if (n.ab > a_.size()) {
+      a_.resize(n.ab);
+      b_.resize(n.ab);
     }
-    if (partials_.size() < sum_squares_partials(size_t(count))) partials_.resize(sum_squares_partials(size_t(count)));
+    if (n.partials > partials_.size()) partials_.resize(n.partials);
   }
   bool fits(int64_t rows, int64_t cols, int64_t count = 1) const {
-    const auto [r, c] = padded(rows, cols);
-    return size_t(count * r * c) <= x_.size() && size_t(count * r * r) <= a_.size() &&
-           partials_.size() >= sum_squares_partials(size_t(count));
+    const Sizes n = sizes(rows, cols, count);
+    return n.xy <= x_.size() && n.ab <= a_.size() && n.partials <= partials_.size();
   }
 
   // The wide orientation's sizes, rounded up to 8: {r8, c8}.
@@ -70,6 +69,14 @@ class CudaNewtonSchulzScratch {
   double* partials() { return partials_.data(); }
 
  private:
+  struct Sizes {
+    size_t xy, ab, partials;  // elements of each of X and Y, of each of A and B, of the partials
+  };
+  static Sizes sizes(int64_t rows, int64_t cols, int64_t count) {
+    const auto [r, c] = padded(rows, cols);
+    return {size_t(count * r * c), size_t(count * r * r), sum_squares_partials(size_t(count))};
+  }
+
   DeviceBuffer<bf16> x_, y_, a_, b_;
   DeviceBuffer<double> partials_;
 };

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
-#include <numeric>
 #include <vector>
 
 #include "resbm/core/arena.hpp"
@@ -33,7 +32,7 @@ class CudaAdamW {
   // Every entry of arrays.layout().
   template <CudaParamArrays P>
   CudaAdamW(CudaContext& ctx, const P& arrays, AdamWConfig cfg = {})
-      : CudaAdamW(ctx, arrays, cfg, all(arrays.layout())) {}
+      : CudaAdamW(ctx, arrays, cfg, all_entries(arrays.layout())) {}
 
   // Only `entries` (indices into arrays.layout().infos()); m and v hold those alone.
   template <CudaParamArrays P>
@@ -41,15 +40,7 @@ class CudaAdamW {
       : ctx_(&ctx), cfg_(cfg), n_(arrays.size()) {
     validate(cfg_);
     const ParamArena<float>& layout = arrays.layout();
-    std::vector<bool> seen(layout.infos().size(), false);
-    for (size_t e : entries) {
-      RESBM_CHECK(e < seen.size(), cat("CudaAdamW entry ", e, " is out of range (the layout has ", seen.size(),
-                                       " entries)"),
-                  "pass indices into layout().infos()");
-      RESBM_CHECK(!seen[e], cat("CudaAdamW entry ", e, " ('", layout.info(e).name, "') listed twice"),
-                  "list every entry once");
-      seen[e] = true;
-    }
+    check_entries(layout, entries, "CudaAdamW");
     std::sort(entries.begin(), entries.end(),
               [&](size_t a, size_t b) { return layout.info(a).offset < layout.info(b).offset; });
     size_t state = 0;
@@ -93,11 +84,6 @@ class CudaAdamW {
     bool decay;
     size_t state;  // where its m and v start
   };
-  static std::vector<size_t> all(const ParamArena<float>& layout) {
-    std::vector<size_t> e(layout.infos().size());
-    std::iota(e.begin(), e.end(), size_t(0));
-    return e;
-  }
   CudaContext* ctx_;
   AdamWConfig cfg_;
   size_t n_;
